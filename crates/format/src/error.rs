@@ -1,0 +1,220 @@
+//! Every way a header, index or trailer can be wrong, each with the numbers involved.
+
+use crate::{CodecKind, Dialect};
+
+/// A violated rule of the cloop-family format.
+///
+/// Each variant names one check (formats.md §3.3, §5.2, §7.2, §9) and carries the block index,
+/// byte offset and limit it concerns, so a message can say what is wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The file is shorter than the 136-byte header.
+    #[error("file is {len} bytes long, shorter than the {min}-byte cloop header")]
+    TooShort {
+        /// File length in bytes.
+        len: u64,
+        /// Minimum length for the dialect.
+        min: u64,
+    },
+    /// No known signature at byte 11 of the first or last 136 bytes.
+    #[error(
+        "not a cloop-family image: bytes 11..15 are {found:?} at the start and {tail:?} at the end, \
+         expected V2.0, V4.0, v3.0, L3.0, l3.0, Z4.0 or z4.0"
+    )]
+    NotCloop {
+        /// Bytes 11..15 of the file, lossily as text.
+        found: String,
+        /// Bytes 11..15 of the last 136 bytes, lossily as text.
+        tail: String,
+    },
+    /// The header is all zeros: vndcompress was interrupted before its first checkpoint.
+    #[error("header is all zeros: an interrupted vndcompress run left this file unfinished")]
+    UnfinishedHeader,
+    /// Block size zero.
+    #[error("block size is 0")]
+    BlockSizeZero,
+    /// Block size not a multiple of 512.
+    #[error("block size {block_size} is not a multiple of 512")]
+    BlockSizeNotMultiple {
+        /// The block size found.
+        block_size: u32,
+    },
+    /// Block size above the limit this reader or writer accepts.
+    #[error("block size {block_size} exceeds the limit of {max} bytes")]
+    BlockSizeTooLarge {
+        /// The block size found.
+        block_size: u32,
+        /// The largest accepted block size.
+        max: u32,
+    },
+    /// The header's block count implies an index that does not fit in the file.
+    #[error(
+        "header claims {num_blocks} blocks, whose index needs {index_bytes} bytes, \
+         but the file has only {available} bytes for it ({file_len} in all)"
+    )]
+    IndexPastEof {
+        /// Block count from the header.
+        num_blocks: u32,
+        /// Bytes the index needs: 8 × (num_blocks + 1).
+        index_bytes: u64,
+        /// Bytes the file holds for header and index.
+        available: u64,
+        /// File length.
+        file_len: u64,
+    },
+    /// The caller handed in an index buffer of the wrong size.
+    #[error("index buffer holds {actual} bytes, expected {expected}")]
+    IndexBufferSize {
+        /// Bytes expected: 8 × (n + 1).
+        expected: u64,
+        /// Bytes supplied.
+        actual: u64,
+    },
+    /// An index entry still holds the all-ones placeholder of an interrupted vndcompress.
+    #[error("index entry {entry} is 0xffffffffffffffff: an interrupted vndcompress run left it unwritten")]
+    UnwrittenEntry {
+        /// Entry number (block index, or n for the end entry).
+        entry: u32,
+    },
+    /// Flag bits 63..60 set in a dialect whose entries carry no flags.
+    #[error("block {block}: index entry {entry:#018x} has flag bits set, which {dialect} does not allow")]
+    FlagBitsSet {
+        /// Block index.
+        block: u32,
+        /// The raw entry.
+        entry: u64,
+        /// The dialect.
+        dialect: Dialect,
+    },
+    /// A V4 flag nibble that names no codec (5..=15).
+    #[error("block {block}: codec flag {flag} is reserved (V4 defines 0..=4)")]
+    UnknownCodecFlag {
+        /// Block index.
+        block: u32,
+        /// The flag nibble.
+        flag: u8,
+    },
+    /// A codec the dialect cannot carry.
+    #[error("block {block}: codec {codec} is not allowed in {dialect}")]
+    CodecNotAllowed {
+        /// Block index.
+        block: u32,
+        /// The codec.
+        codec: CodecKind,
+        /// The dialect.
+        dialect: Dialect,
+    },
+    /// A block starts inside the header or index.
+    #[error("block {block} starts at offset {offset}, inside the header or index (data starts at {data_start})")]
+    OffsetBeforeData {
+        /// Block index.
+        block: u32,
+        /// Its start offset.
+        offset: u64,
+        /// First byte after header and index.
+        data_start: u64,
+    },
+    /// A block starts or ends beyond the data area (the file end, or the index of a footer image).
+    #[error("block {block} at offset {offset} lies past the end of the data area at {limit}")]
+    OffsetPastEnd {
+        /// Block index.
+        block: u32,
+        /// The offending offset.
+        offset: u64,
+        /// The end of the data area.
+        limit: u64,
+    },
+    /// An offset smaller than the entry before it, in a dialect without back-references.
+    #[error("index entry {block} is offset {offset}, below the previous entry's {previous}: offsets must not decrease")]
+    DecreasingOffset {
+        /// Block index (n for the end entry).
+        block: u32,
+        /// Its offset.
+        offset: u64,
+        /// The previous entry's offset.
+        previous: u64,
+    },
+    /// A dedup back-reference that points at no earlier non-empty block.
+    #[error("block {block}: back-reference to offset {offset} matches no earlier non-empty block")]
+    BadBackReference {
+        /// Block index.
+        block: u32,
+        /// The referenced offset.
+        offset: u64,
+    },
+    /// A compressed block longer than its codec can produce for the block size.
+    #[error(
+        "block {block} at offset {offset}: compressed length {len} exceeds the limit {limit} \
+         for {codec} with block size {block_size}"
+    )]
+    BlockTooLong {
+        /// Block index.
+        block: u32,
+        /// Its start offset.
+        offset: u64,
+        /// Its compressed length.
+        len: u64,
+        /// The codec's bound.
+        limit: u64,
+        /// The codec.
+        codec: CodecKind,
+        /// The block size.
+        block_size: u32,
+    },
+    /// The end entry `index[n]` lies beyond the file.
+    #[error("index end entry {end} lies past the end of the file ({file_len} bytes): the image is truncated")]
+    IndexEndPastEof {
+        /// `index[n]`, masked.
+        end: u64,
+        /// File length (or the index start of a footer image).
+        file_len: u64,
+    },
+    /// The end entry `index[n]` lies before the start of the last block.
+    #[error("index end entry {end} lies before the start {last_start} of the last block")]
+    IndexEndBeforeLastBlock {
+        /// `index[n]`, masked.
+        end: u64,
+        /// Start of the last stored block.
+        last_start: u64,
+    },
+    /// An offset that does not fit the 60 bits a V4 entry leaves for it.
+    #[error("offset {offset} does not fit in the 60 bits of an index entry")]
+    OffsetTooLarge {
+        /// The offset.
+        offset: u64,
+    },
+    /// A writer asked for more entries or blocks than the format can hold.
+    #[error("{count} blocks exceed the format's limit of {max}")]
+    TooManyBlocks {
+        /// Blocks requested.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A writer passed a number of index entries that does not match the header.
+    #[error("{actual} index entries given for {num_blocks} blocks (expected {expected})")]
+    EntryCountMismatch {
+        /// Header block count.
+        num_blocks: u32,
+        /// Expected entries (n + 1).
+        expected: u64,
+        /// Entries given.
+        actual: u64,
+    },
+    /// The trailer's checksum does not match its contents.
+    #[error("mkmodule trailer at offset {offset} is corrupt: CRC32 {stored:#010x} stored, {computed:#010x} computed")]
+    TrailerCorrupt {
+        /// File offset of the trailer.
+        offset: u64,
+        /// CRC32 stored in the trailer.
+        stored: u32,
+        /// CRC32 of the trailer bytes.
+        computed: u32,
+    },
+    /// A trailer of a newer, unknown layout.
+    #[error("mkmodule trailer layout {version} is newer than this build understands (1)")]
+    TrailerVersion {
+        /// The layout version found.
+        version: u16,
+    },
+}

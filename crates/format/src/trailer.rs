@@ -1,0 +1,221 @@
+//! mkmodule's metadata trailer (formats.md §11): original length, digest, tool version.
+//!
+//! It sits after `index[n]` in header-first files, where no reader looks, and ends the file so
+//! it can be found from the last 136 bytes. Its magic puts `AILE` at relative offset 11, so a
+//! footer-probing reader (which looks for `V2.0`/`V4.0` there) never takes it for a header.
+//!
+//! Layout (136 bytes, integers big-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 16 | magic `MKMODULE-TRAILER` |
+//! | 16 | 2 | layout version (1) |
+//! | 18 | 1 | digest algorithm (0 none, 1 SHA-256) |
+//! | 19 | 1 | digest length |
+//! | 20 | 64 | digest of the original input, zero padded |
+//! | 84 | 8 | original input length |
+//! | 92 | 8 | `index[n]` when written (ties the trailer to its index) |
+//! | 100 | 32 | tool version text, NUL padded |
+//! | 132 | 4 | CRC32 of bytes 0..132 |
+
+use crate::FormatError;
+
+/// Length of the trailer.
+pub const TRAILER_LEN: usize = 136;
+/// The magic at the trailer's start.
+pub const TRAILER_MAGIC: &[u8; 16] = b"MKMODULE-TRAILER";
+const LAYOUT_VERSION: u16 = 1;
+const CRC_AT: usize = 132;
+
+/// The digest algorithm a trailer records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    /// No digest recorded.
+    None,
+    /// SHA-256 of the original input bytes.
+    Sha256,
+}
+
+impl DigestAlgorithm {
+    fn code(self) -> u8 {
+        match self {
+            DigestAlgorithm::None => 0,
+            DigestAlgorithm::Sha256 => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(DigestAlgorithm::None),
+            1 => Some(DigestAlgorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    /// Digest length in bytes.
+    pub const fn len(self) -> usize {
+        match self {
+            DigestAlgorithm::None => 0,
+            DigestAlgorithm::Sha256 => 32,
+        }
+    }
+
+    /// Whether the algorithm records nothing.
+    pub const fn is_empty(self) -> bool {
+        matches!(self, DigestAlgorithm::None)
+    }
+
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::None => "none",
+            DigestAlgorithm::Sha256 => "sha256",
+        }
+    }
+}
+
+/// What the trailer records about the image's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    /// Exact length of the input before padding to whole blocks.
+    pub original_len: u64,
+    /// Algorithm of `digest`.
+    pub digest_algorithm: DigestAlgorithm,
+    /// Digest of the original input (length given by the algorithm).
+    pub digest: Vec<u8>,
+    /// `index[n]` of the image the trailer was written for.
+    pub data_end: u64,
+    /// The writing tool and its version, e.g. `mkmodule 0.1.0`.
+    pub tool: String,
+}
+
+impl Trailer {
+    /// Encodes the trailer into its fixed 136 bytes. Tool text beyond 32 bytes is cut.
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[..16].copy_from_slice(TRAILER_MAGIC);
+        out[16..18].copy_from_slice(&LAYOUT_VERSION.to_be_bytes());
+        out[18] = self.digest_algorithm.code();
+        let digest_len = self.digest.len().min(64);
+        out[19] = digest_len as u8;
+        out[20..20 + digest_len].copy_from_slice(&self.digest[..digest_len]);
+        out[84..92].copy_from_slice(&self.original_len.to_be_bytes());
+        out[92..100].copy_from_slice(&self.data_end.to_be_bytes());
+        let tool = self.tool.as_bytes();
+        let tool_len = tool.len().min(32);
+        out[100..100 + tool_len].copy_from_slice(&tool[..tool_len]);
+        let crc = crc32fast::hash(&out[..CRC_AT]);
+        out[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Finds a trailer in the last bytes of a file of `file_len` bytes.
+    ///
+    /// Returns `Ok(None)` when the last 136 bytes do not start with the magic (no trailer),
+    /// and an error when they do but the checksum or layout version is wrong.
+    pub fn find(tail: &[u8], file_len: u64) -> Result<Option<Trailer>, FormatError> {
+        if tail.len() < TRAILER_LEN || file_len < TRAILER_LEN as u64 {
+            return Ok(None);
+        }
+        let bytes = &tail[tail.len() - TRAILER_LEN..];
+        if &bytes[..16] != TRAILER_MAGIC {
+            return Ok(None);
+        }
+        let offset = file_len - TRAILER_LEN as u64;
+        let stored = u32::from_be_bytes([bytes[132], bytes[133], bytes[134], bytes[135]]);
+        let computed = crc32fast::hash(&bytes[..CRC_AT]);
+        if stored != computed {
+            return Err(FormatError::TrailerCorrupt {
+                offset,
+                stored,
+                computed,
+            });
+        }
+        let version = u16::from_be_bytes([bytes[16], bytes[17]]);
+        let algorithm = DigestAlgorithm::from_code(bytes[18]);
+        let digest_len = usize::from(bytes[19]);
+        let Some(digest_algorithm) = algorithm.filter(|a| a.len() == digest_len) else {
+            return Err(FormatError::TrailerVersion { version });
+        };
+        if version != LAYOUT_VERSION {
+            return Err(FormatError::TrailerVersion { version });
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(w)
+        };
+        let tool_bytes = &bytes[100..132];
+        let tool_len = tool_bytes.iter().position(|&b| b == 0).unwrap_or(32);
+        Ok(Some(Trailer {
+            original_len: word(84),
+            digest_algorithm,
+            digest: bytes[20..20 + digest_len].to_vec(),
+            data_end: word(92),
+            tool: String::from_utf8_lossy(&tool_bytes[..tool_len]).into_owned(),
+        }))
+    }
+
+    /// Zero bytes to put between `index[n]` and the trailer so the file ends on a 512 boundary.
+    pub const fn padding_before(data_end: u64) -> u64 {
+        let unpadded = data_end + TRAILER_LEN as u64;
+        (512 - unpadded % 512) % 512
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::SIGNATURE_OFFSET;
+
+    fn sample() -> Trailer {
+        Trailer {
+            original_len: 100_000,
+            digest_algorithm: DigestAlgorithm::Sha256,
+            digest: (0..32).collect(),
+            data_end: 6513,
+            tool: "mkmodule 0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample().encode();
+        assert_eq!(Trailer::find(&bytes, 7168).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn never_looks_like_a_footer_header() {
+        let bytes = sample().encode();
+        let sig = &bytes[SIGNATURE_OFFSET..SIGNATURE_OFFSET + 4];
+        assert_ne!(sig, b"V2.0");
+        assert_ne!(sig, b"V4.0");
+    }
+
+    #[test]
+    fn corruption_is_reported_with_offset() {
+        let mut bytes = sample().encode();
+        bytes[90] ^= 1;
+        assert!(matches!(
+            Trailer::find(&bytes, 1000),
+            Err(FormatError::TrailerCorrupt { offset: 864, .. })
+        ));
+    }
+
+    #[test]
+    fn absent_trailer_is_none() {
+        assert_eq!(Trailer::find(&[0u8; 136], 136).unwrap(), None);
+        assert_eq!(Trailer::find(&[0u8; 10], 10).unwrap(), None);
+    }
+
+    #[test]
+    fn padding_ends_file_on_512() {
+        for end in [0u64, 1, 375, 376, 377, 511, 512, 6513] {
+            assert_eq!(
+                (end + Trailer::padding_before(end) + 136) % 512,
+                0,
+                "end {end}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Random-access reader of cloop-family images with a shared block cache.

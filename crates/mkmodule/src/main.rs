@@ -1,0 +1,3 @@
+//! The `mkmodule` command line tool.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Parallel, streaming, bounded-memory writer of cloop-family images.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the peer tools the test suite drives (Debian/Ubuntu, as root).
+# The Rust toolchain is expected to be present already (rustup).
+set -euo pipefail
+packages=(
+    cloop-utils      # create_compressed_fs / extract_compressed_fs: interop oracles
+    qemu-utils       # qemu-img / qemu-nbd / qemu-io: cloop driver and NBD client
+    xz-utils         # xz: checks our xz blocks are standard streams
+    libnbd-bin       # nbdinfo, nbdcopy, nbdsh, nbdfuse: NBD clients
+    python3-libnbd   # libnbd for the shared NBD probe scripts
+    nbdkit           # reference NBD server for comparisons
+    fio              # NBD load generator
+    e2fsprogs        # mkfs.ext4 for filesystem test images
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: all of ${packages[*]} present"
