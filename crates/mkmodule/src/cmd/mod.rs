@@ -1,0 +1,33 @@
+//! One module per command: each has its clap `Args` and a `run` function.
+
+pub mod create;
+pub mod extract;
+pub mod info;
+pub mod verify;
+
+/// An error that asks for a specific exit status (otherwise 1).
+#[derive(Debug)]
+pub struct ExitStatus {
+    /// The process exit status.
+    pub code: u8,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
+
+/// Exit status 3: the command ran but found damaged data (verify).
+pub const EXIT_DAMAGED: u8 = 3;
+
+/// The exit status for an error: its own when it carries one, else 1.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    error
+        .downcast_ref::<ExitStatus>()
+        .map_or(1, |status| status.code)
+}
