@@ -1,5 +1,7 @@
 //! `cargo xtask`: project tasks that are not part of the shipped tools.
 
+mod demo;
+
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -7,41 +9,44 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci      cargo fmt --check, clippy with -D warnings, and the whole test suite";
+  ci      cargo fmt --check, clippy with -D warnings, and the whole test suite
+  demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
+          with qemu-img and extract_compressed_fs";
 
 fn main() -> Result<()> {
+    // Tasks work from the workspace root whatever the caller's directory.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root).context("entering the workspace root")?;
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "ci" => ci(),
+        "demo" => demo::demo(),
         _ => bail!("{USAGE}"),
     }
 }
 
-/// Runs a cargo subcommand and fails when it does.
-fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
+/// Runs a command and fails when it does.
+pub fn run(command: &mut Command) -> Result<()> {
+    eprintln!("xtask: {command:?}");
+    let status = command
         .status()
-        .with_context(|| format!("running {cargo}"))?;
+        .with_context(|| format!("running {:?}", command.get_program()))?;
     if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
+        bail!("{command:?} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs a cargo subcommand and fails when it does.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
 }
 
 /// The full check CI runs: formatting, lints, then every test.
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["test", "--workspace"])?;
     Ok(())
 }
