@@ -1,0 +1,41 @@
+//! NBD (Network Block Device) protocol and a threaded server over a small [`Export`] trait.
+//!
+//! The server speaks fixed newstyle with `NO_ZEROES`, the options `EXPORT_NAME`,
+//! `GO`, `INFO`, `LIST`, `ABORT`, `STRUCTURED_REPLY` and `LIST/SET_META_CONTEXT`
+//! (`base:allocation`), simple and structured replies, and the commands READ,
+//! WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS and DISC. Each
+//! connection has a reader thread, a writer thread and a bounded number of
+//! requests in flight; reads run on a worker pool shared by all connections.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mkmodule_nbd::{Listener, MemoryExport, Server, ServerConfig};
+//!
+//! let export = Arc::new(MemoryExport::new(vec![0; 1 << 20]).with_zero_extents(4096));
+//! let config = ServerConfig::new().with_export("disk", "an empty disk", export);
+//! let listener = Listener::bind_tcp("127.0.0.1:10809".parse().unwrap()).unwrap();
+//! let server = Server::start(config, [listener]).unwrap();
+//! let stop = server.stop_handle(); // give this to a signal-handling thread
+//! # stop.stop();
+//! server.wait();
+//! ```
+
+mod bufpool;
+mod config;
+mod error;
+mod export;
+mod handshake;
+mod limiter;
+mod listener;
+mod pool;
+pub mod proto;
+mod server;
+mod transmission;
+
+pub use config::{
+    null_logger, stderr_logger, DefaultExport, ExportEntry, Level, Logger, ServerConfig,
+};
+pub use error::{not_permitted, Error, NbdErrno, Result};
+pub use export::{Export, Extent, FileExport, MemoryExport};
+pub use listener::Listener;
+pub use server::{Server, ServerHandle, StopHandle};
