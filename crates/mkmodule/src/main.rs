@@ -1,6 +1,7 @@
 //! The `mkmodule` command line tool: a thin layer of clap commands over the libraries.
 
 mod cmd;
+mod image_export;
 mod progress;
 mod units;
 
@@ -13,7 +14,12 @@ use clap::{Parser, Subcommand};
 ///
 /// With no command, `mkmodule INPUT -o OUTPUT` runs `create`.
 #[derive(Debug, Parser)]
-#[command(name = "mkmodule", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "mkmodule",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +35,8 @@ enum Command {
     Extract(cmd::extract::Args),
     /// Decode every block and check the recorded digest; report each bad block.
     Verify(cmd::verify::Args),
+    /// Serve images over NBD (read-only), for qemu, nbd-client, nbdfuse and booting machines.
+    Serve(cmd::serve::Args),
 }
 
 impl Command {
@@ -38,6 +46,7 @@ impl Command {
             Command::Info(args) => cmd::info::run(args),
             Command::Extract(args) => cmd::extract::run(args),
             Command::Verify(args) => cmd::verify::run(args),
+            Command::Serve(args) => cmd::serve::run(args),
         }
     }
 }
@@ -91,7 +100,11 @@ mod tests {
 
     #[test]
     fn commands_and_help_are_left_alone() {
-        for args in [&["mkmodule", "info", "x"][..], &["mkmodule", "--help"], &["mkmodule"]] {
+        for args in [
+            &["mkmodule", "info", "x"][..],
+            &["mkmodule", "--help"],
+            &["mkmodule"],
+        ] {
             assert_eq!(with_default_command(argv(args)), argv(args));
         }
     }

@@ -3,6 +3,7 @@
 pub mod create;
 pub mod extract;
 pub mod info;
+pub mod serve;
 pub mod verify;
 
 /// An error that asks for a specific exit status (otherwise 1).
