@@ -33,12 +33,23 @@ pub fn demo() -> Result<()> {
         eprintln!("demo: building {} from {source}", sample.display());
         let file = std::fs::File::create(&sample)?;
         file.set_len(256 << 20)?;
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-d", source]).arg(&sample))?;
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d", source])
+            .arg(&sample))?;
     }
-    run(Command::new(mkmodule).arg(&sample).arg("-o").arg(&image).arg("-f"))?;
+    run(Command::new(mkmodule)
+        .arg(&sample)
+        .arg("-o")
+        .arg(&image)
+        .arg("-f"))?;
     run(Command::new(mkmodule).arg("info").arg(&image))?;
     run(Command::new(mkmodule).arg("verify").arg(&image))?;
-    run(Command::new(mkmodule).arg("extract").arg(&image).arg("-o").arg(&back).arg("-f"))?;
+    run(Command::new(mkmodule)
+        .arg("extract")
+        .arg(&image)
+        .arg("-o")
+        .arg(&back)
+        .arg("-f"))?;
     same_bytes(&sample, &back)?;
     eprintln!("demo: extract gives back the sample byte for byte");
     let qemu_out = dir.join("sample.qemu");
@@ -50,7 +61,9 @@ pub fn demo() -> Result<()> {
     eprintln!("demo: qemu-img's cloop driver reads the image");
     let extract_out = dir.join("sample.extract");
     let _ = std::fs::remove_file(&extract_out);
-    run(Command::new("extract_compressed_fs").arg(&image).arg(&extract_out))?;
+    run(Command::new("extract_compressed_fs")
+        .arg(&image)
+        .arg(&extract_out))?;
     same_prefix(&sample, &extract_out)?;
     eprintln!("demo: extract_compressed_fs reads the image");
     Ok(())

@@ -1,5 +1,6 @@
 //! `cargo xtask`: project tasks that are not part of the shipped tools.
 
+mod bench_serve;
 mod demo;
 
 use std::process::Command;
@@ -11,7 +12,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci      cargo fmt --check, clippy with -D warnings, and the whole test suite
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
-          with qemu-img and extract_compressed_fs";
+          with qemu-img and extract_compressed_fs
+  bench-serve [RAW_IMAGE]
+          NBD serving: mkmodule serve vs qemu-nbd -f cloop vs nbdkit (raw), nbdcopy and fio;
+          RAW_IMAGE defaults to $CORPUS/rootfs.ext4 (CORPUS defaults to ../corpus)";
 
 fn main() -> Result<()> {
     // Tasks work from the workspace root whatever the caller's directory.
@@ -21,6 +25,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "demo" => demo::demo(),
+        "bench-serve" => bench_serve::bench_serve(std::env::args_os().nth(2).map(Into::into)),
         _ => bail!("{USAGE}"),
     }
 }
@@ -46,7 +51,14 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 /// The full check CI runs: formatting, lints, then every test.
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace"])?;
     Ok(())
 }
