@@ -22,3 +22,4 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 echo "install-deps: all of ${packages[*]} present"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-guest-kernel.sh"
