@@ -10,7 +10,9 @@ packages=(
     python3-libnbd   # libnbd for the shared NBD probe scripts
     nbdkit           # reference NBD server for comparisons
     fio              # NBD load generator
-    e2fsprogs        # mkfs.ext4 for filesystem test images
+    e2fsprogs        # mkfs.ext4, e2fsck, debugfs for filesystem test images
+    systemd          # systemd-socket-activate, systemd-analyze: socket activation tests
+    util-linux       # losetup, blkid, setsid, mount: mount and attach tests
 )
 missing=()
 for p in "${packages[@]}"; do

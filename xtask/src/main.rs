@@ -1,5 +1,7 @@
 //! `cargo xtask`: project tasks that are not part of the shipped tools.
 
+mod bench_create;
+mod bench_read;
 mod bench_serve;
 mod demo;
 
@@ -13,6 +15,11 @@ tasks:
   ci      cargo fmt --check, clippy with -D warnings, and the whole test suite
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
           with qemu-img and extract_compressed_fs
+  bench-create [--runs N] [CORPUS_FILE...]
+          mkmodule create vs create_compressed_fs and qemu-img qcow2 zstd (wall, CPU, peak
+          RSS, size); files default to $CORPUS/rootfs.ext4 and live.iso
+  bench-read [RAW_IMAGE]
+          extract vs extract_compressed_fs vs qemu-img; random read_at/s (zlib, zstd)
   bench-serve [RAW_IMAGE]
           NBD serving: mkmodule serve vs qemu-nbd -f cloop vs nbdkit (raw), nbdcopy and fio;
           RAW_IMAGE defaults to $CORPUS/rootfs.ext4 (CORPUS defaults to ../corpus)";
@@ -25,6 +32,8 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "demo" => demo::demo(),
+        "bench-create" => bench_create::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "bench-read" => bench_read::bench_read(std::env::args_os().nth(2).map(Into::into)),
         "bench-serve" => bench_serve::bench_serve(std::env::args_os().nth(2).map(Into::into)),
         _ => bail!("{USAGE}"),
     }

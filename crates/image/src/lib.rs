@@ -1,1 +1,71 @@
 //! Random-access reader of cloop-family images with a shared block cache.
+//!
+//! [`Image::open`] detects the dialect (Linux V2.0 and V4.0, header first or last, FreeBSD uzip
+//! with zlib, xz or zstd and dedup), reads and validates the whole index and mkmodule's trailer
+//! before serving a byte, and then answers [`Image::read_at`] from any number of threads.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mkmodule_image::Image;
+//!
+//! let image = Arc::new(Image::open("KNOPPIX")?);
+//! let mut sector = [0u8; 512];
+//! image.read_at(&mut sector, 32768)?;
+//! # Ok::<(), mkmodule_image::ImageError>(())
+//! ```
+//!
+//! * **Leniency** (formats.md §10.3): a final block that decodes short is zero-filled (mkuzip and
+//!   vndcompress write it so, even under the `V2.0` signature); zero-length blocks read as zeros;
+//!   dedup back-references are followed; `index[n]` of 0 in old uzip images, trailing padding,
+//!   slack after a stream and Knoppix's extra zero block are all accepted. A short block anywhere
+//!   else is corruption.
+//! * **Errors** name the block and the file offset of its compressed bytes ([`ImageError`]);
+//!   nothing panics on a hostile file, and buffers are sized from the block size and the codec
+//!   bounds the format crate enforces.
+//! * **I/O** is `pread` by default; [`OpenOptions::mmap`] maps the file instead (see its risk).
+//! * **Cache**: decoded blocks live in a sharded LRU cache with a byte limit
+//!   ([`OpenOptions::cache_bytes`]); concurrent readers of one missing block share one decode.
+//! * **Read-ahead**: a reader moving from block `i` to `i + 1` gets the next blocks decoded on a
+//!   small thread pool ([`OpenOptions::readahead`]).
+//! * **Zero map**: blocks known to be all zeros ([`Image::is_zero_block`], [`Image::extents`],
+//!   [`Image::zero_extents`]) for sparse output and NBD block status. Known zero are zero-length
+//!   blocks, back-references to them, and blocks whose compressed bytes are identical to those
+//!   of a block decoded at open and found all zero: writers compress every zero block to the same
+//!   bytes, so at open the stored blocks are grouped by codec and (short) compressed length, one
+//!   member of each large group is decoded, and the others' bytes are compared with it. Equal
+//!   bytes decode equally, so the map never guesses; zero blocks compressed differently are
+//!   simply not in it. The cost is a few small reads at open.
+//! * **Whole-image passes** for extract and verify: [`Image::par_blocks`] and
+//!   [`Image::par_blocks_ordered`] decode every block on several threads.
+
+mod cache;
+mod decode;
+mod error;
+mod image;
+mod mmap;
+mod open;
+mod parallel;
+mod read;
+mod readahead;
+mod source;
+mod zero_map;
+
+pub use cache::{Block, CacheStats};
+pub use error::ImageError;
+pub use image::{Extent, Image, MAX_EXTENTS};
+pub use open::{ExposedSize, OpenOptions, DEFAULT_CACHE_BYTES, DEFAULT_READAHEAD};
+pub use parallel::{Decoded, ParallelOptions};
+pub use read::ImageReader;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn image_is_send_and_sync() {
+        assert_send_sync::<Image>();
+        assert_send_sync::<ImageError>();
+    }
+}

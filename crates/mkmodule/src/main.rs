@@ -3,6 +3,7 @@
 mod cmd;
 mod image_export;
 mod progress;
+mod systemd;
 mod units;
 
 use std::ffi::OsString;
@@ -37,6 +38,19 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Serve images over NBD (read-only), for qemu, nbd-client, nbdfuse and booting machines.
     Serve(cmd::serve::Args),
+    /// Fold a copy-on-write overlay (serve --cow FILE) and its image into a new image.
+    Commit(cmd::commit::Args),
+    /// Mount an image's filesystem (or stack module images with --union) via FUSE + loop.
+    Mount(cmd::mount::Args),
+    /// Take down what `mount` or `attach` set up: mounts, loop devices, FUSE server.
+    Umount(cmd::umount::Args),
+    /// Attach an image to a loop device and print it (/dev/loopN), for scripts.
+    Attach(cmd::attach::Args),
+    /// Release a loop device made by `attach`.
+    Detach(cmd::detach::Args),
+    /// The background FUSE server of `mount` and `attach` (internal).
+    #[command(name = "__fuse-daemon", hide = true)]
+    FuseDaemon(cmd::fuse_daemon::Args),
 }
 
 impl Command {
@@ -47,6 +61,12 @@ impl Command {
             Command::Extract(args) => cmd::extract::run(args),
             Command::Verify(args) => cmd::verify::run(args),
             Command::Serve(args) => cmd::serve::run(args),
+            Command::Commit(args) => cmd::commit::run(args),
+            Command::Mount(args) => cmd::mount::run(args),
+            Command::Umount(args) => cmd::umount::run(args),
+            Command::Attach(args) => cmd::attach::run(args),
+            Command::Detach(args) => cmd::detach::run(args),
+            Command::FuseDaemon(args) => cmd::fuse_daemon::run(args),
         }
     }
 }

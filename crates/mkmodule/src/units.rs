@@ -14,19 +14,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size suffix {other:?} in {text:?} (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "unknown size suffix {other:?} in {text:?} (use K, M, G or T)"
+            ))
+        }
     };
     if number.is_empty() {
-        return Err(format!("{text:?} is not a size: expected a number such as 65536, 64K or 1M"));
+        return Err(format!(
+            "{text:?} is not a size: expected a number such as 65536, 64K or 1M"
+        ));
     }
     if let Ok(whole) = number.parse::<u64>() {
         return whole
             .checked_mul(multiplier)
             .ok_or_else(|| format!("size {text:?} is too large"));
     }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size: expected a number such as 65536, 64K or 1M"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size: expected a number such as 65536, 64K or 1M")
+    })?;
     let bytes = value * multiplier as f64;
     if !(0.0..1.8e19).contains(&bytes) || bytes.fract() != 0.0 {
         return Err(format!("size {text:?} is not a whole number of bytes"));

@@ -7,6 +7,10 @@
 //! connection has a reader thread, a writer thread and a bounded number of
 //! requests in flight; reads run on a worker pool shared by all connections.
 //!
+//! The export table can be replaced while the server runs ([`ReloadHandle::replace_exports`]):
+//! each connection keeps the table it was accepted with, so established connections keep their
+//! export and new ones see the new table; nothing is dropped.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use mkmodule_nbd::{Listener, MemoryExport, Server, ServerConfig};
@@ -38,4 +42,4 @@ pub use config::{
 pub use error::{not_permitted, Error, NbdErrno, Result};
 pub use export::{Export, Extent, FileExport, MemoryExport};
 pub use listener::Listener;
-pub use server::{Server, ServerHandle, StopHandle};
+pub use server::{ReloadHandle, Server, ServerHandle, StopHandle};

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::bufpool::BufPool;
-use crate::config::{Level, ServerConfig};
+use crate::config::{DefaultExport, ExportEntry, Level, ServerConfig};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Ended};
 use crate::listener::{Listener, Stream};
@@ -41,7 +41,14 @@ struct ConnTable {
 
 /// State shared by the accept loops, the connection threads and the handles.
 struct Shared {
-    config: ServerConfig,
+    /// The configuration in force. Only the export table (and default export) is ever
+    /// replaced, by [`ReloadHandle::replace_exports`], as a whole: each connection takes a
+    /// snapshot when it is accepted and keeps it to the end, so a reload never changes the
+    /// export an established connection is using, and every handshake sees one consistent
+    /// table.
+    config: RwLock<Arc<ServerConfig>>,
+    /// Serialises reloads, so that two concurrent ones cannot interleave.
+    reload: Mutex<()>,
     /// Set once a stop was requested: accept loops exit, haggling answers ERR_SHUTDOWN.
     stopping: AtomicBool,
     stop: Mutex<Option<StopMode>>,
@@ -59,8 +66,25 @@ impl Shared {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The configuration in force now (a cheap snapshot).
+    fn config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn log(&self, level: Level, msg: &str) {
-        (self.config.logger)(level, msg);
+        (self.config().logger)(level, msg);
+    }
+
+    /// Validates a configuration with `exports` in place of the current table, then swaps it
+    /// in; on error the current table stays.
+    fn replace_exports(&self, exports: Vec<ExportEntry>, default: DefaultExport) -> Result<()> {
+        let _serial = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = ServerConfig::clone(&self.config());
+        next.exports = exports;
+        next.default_export = default;
+        next.validate()?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(())
     }
 
     fn request_stop(&self, mode: StopMode) {
@@ -149,7 +173,8 @@ impl Server {
         }
         let pool = Pool::new(config.workers).map_err(Error::Thread)?;
         let shared = Arc::new(Shared {
-            config,
+            config: RwLock::new(Arc::new(config)),
+            reload: Mutex::new(()),
             stopping: AtomicBool::new(false),
             stop: Mutex::new(None),
             stop_cond: Condvar::new(),
@@ -217,13 +242,11 @@ fn warn_limited(shared: &Shared, msg: &str) {
 }
 
 fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>) {
-    if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
+    let max_connections = shared.config().max_connections;
+    if shared.active.load(Ordering::SeqCst) >= max_connections {
         warn_limited(
             shared,
-            &format!(
-                "refusing connection from {peer}: {} connections already open",
-                shared.config.max_connections
-            ),
+            &format!("refusing connection from {peer}: {max_connections} connections already open"),
         );
         stream.shutdown();
         return;
@@ -256,7 +279,9 @@ fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>)
 }
 
 fn run_connection(shared: &Shared, mut stream: Stream, peer: String, jobs: Sender<Job>) {
-    let cfg = &shared.config;
+    // This connection's view of the exports, fixed from here on (see `Shared::config`).
+    let snapshot = shared.config();
+    let cfg = &*snapshot;
     let start = Instant::now();
     let log = Arc::new(ConnLog::new(peer.clone(), cfg.logger.clone(), cfg.trace));
     let stats = Arc::new(Stats::default());
@@ -352,7 +377,45 @@ impl StopHandle {
     }
 }
 
+/// A cloneable, `Send` handle that replaces the export table of a running server (e.g. from a
+/// SIGHUP handler thread).
+///
+/// A replacement is atomic: a connection accepted afterwards negotiates against the new table
+/// only, one accepted before keeps the table it started with, and a connection already in
+/// transmission keeps its export (and the open image behind it) until it ends. Nothing is
+/// closed; an export dropped from the table lives on as long as a connection uses it.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReloadHandle {
+    /// Replace the exports (in `NBD_OPT_LIST` order) and what the empty name maps to. The new
+    /// table is validated like [`ServerConfig::validate`] first; on error (an empty table, a
+    /// name used twice, ...) the current table stays in force.
+    pub fn replace_exports(&self, exports: Vec<ExportEntry>, default: DefaultExport) -> Result<()> {
+        self.shared.replace_exports(exports, default)
+    }
+
+    /// The export table new connections see now.
+    pub fn exports(&self) -> Vec<ExportEntry> {
+        self.shared.config().exports.clone()
+    }
+}
+
 impl ServerHandle {
+    /// A handle that replaces the export table while the server runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Replace the export table now; see [`ReloadHandle::replace_exports`].
+    pub fn replace_exports(&self, exports: Vec<ExportEntry>, default: DefaultExport) -> Result<()> {
+        self.shared.replace_exports(exports, default)
+    }
+
     /// TCP address of the first TCP listener (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addrs.first().copied()
@@ -440,5 +503,228 @@ impl Drop for ServerHandle {
         if self.pool.is_some() {
             self.finish(StopMode::Now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    use super::*;
+    use crate::config::null_logger;
+    use crate::export::{Export, MemoryExport};
+    use crate::listener::Listener;
+    use crate::proto::*;
+
+    fn entry(name: &str, fill: u8) -> ExportEntry {
+        ExportEntry {
+            name: name.into(),
+            description: format!("filled with {fill}"),
+            export: Arc::new(MemoryExport::new(vec![fill; 4096])) as Arc<dyn Export>,
+        }
+    }
+
+    fn start(exports: Vec<ExportEntry>) -> (ServerHandle, SocketAddr) {
+        let mut config = ServerConfig::new()
+            .with_logger(null_logger())
+            .with_workers(2)
+            .with_handshake_timeout(Duration::from_secs(10));
+        config.exports = exports;
+        let l = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let h = Server::start(config, [l]).unwrap();
+        let addr = h.local_addr().unwrap();
+        (h, addr)
+    }
+
+    fn take(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    /// Connects and reads the greeting (the server has taken its snapshot once it greets).
+    fn greeted(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(&take(&mut s, 18)[..16], b"NBDMAGICIHAVEOPT");
+        s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        s
+    }
+
+    /// Sends one option; returns the replies up to and including the final one.
+    fn option(s: &mut TcpStream, opt: u32, payload: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let hdr = OptionHeader {
+            magic: IHAVEOPT,
+            option: opt,
+            len: payload.len() as u32,
+        };
+        s.write_all(&hdr.encode()).unwrap();
+        s.write_all(payload).unwrap();
+        let mut replies = Vec::new();
+        loop {
+            let h = take(s, 20);
+            let rtype = be_u32(&h[12..16]);
+            let p = take(s, be_u32(&h[16..20]) as usize);
+            replies.push((rtype, p));
+            if rtype == REP_ACK || rtype & REP_FLAG_ERROR != 0 {
+                return replies;
+            }
+        }
+    }
+
+    /// NBD_OPT_GO for `name` on a greeted stream: Ok in transmission, Err(reply type) if refused.
+    fn go(s: &mut TcpStream, name: &str) -> std::result::Result<(), u32> {
+        let payload = InfoRequest {
+            name: name.into(),
+            requests: vec![],
+        }
+        .encode();
+        let replies = option(s, OPT_GO, &payload);
+        match replies.last() {
+            Some((REP_ACK, _)) => Ok(()),
+            Some((t, _)) => Err(*t),
+            None => unreachable!(),
+        }
+    }
+
+    fn read_first_byte(s: &mut TcpStream) -> u8 {
+        let r = Request {
+            magic: REQUEST_MAGIC,
+            flags: 0,
+            cmd: CMD_READ,
+            cookie: 9,
+            offset: 0,
+            len: 512,
+        };
+        s.write_all(&r.encode()).unwrap();
+        let h = take(s, 16);
+        assert_eq!(be_u32(&h[0..4]), SIMPLE_REPLY_MAGIC);
+        assert_eq!(be_u32(&h[4..8]), 0, "read error");
+        let data = take(s, 512);
+        assert!(data.iter().all(|&b| b == data[0]));
+        data[0]
+    }
+
+    fn list(addr: SocketAddr) -> Vec<String> {
+        let mut s = greeted(addr);
+        option(&mut s, OPT_LIST, &[])
+            .into_iter()
+            .filter(|(t, _)| *t == REP_SERVER)
+            .map(|(_, p)| {
+                let n = be_u32(&p[0..4]) as usize;
+                String::from_utf8(p[4..4 + n].to_vec()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replacing_exports_keeps_established_connections_and_serves_new_ones_the_new_table() {
+        let (server, addr) = start(vec![entry("a", 1)]);
+        let mut old = greeted(addr);
+        go(&mut old, "a").unwrap();
+        assert_eq!(read_first_byte(&mut old), 1);
+        // Greeted before the reload, haggling after it: still the table it started with.
+        let mut haggling = greeted(addr);
+
+        let reload = server.reload_handle();
+        reload
+            .replace_exports(vec![entry("b", 2), entry("c", 3)], DefaultExport::First)
+            .unwrap();
+        assert_eq!(
+            reload
+                .exports()
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+
+        // The established connection still reads export "a", which left the table.
+        assert_eq!(read_first_byte(&mut old), 1);
+        assert_eq!(server.active_connections(), 2);
+        go(&mut haggling, "a").unwrap();
+        assert_eq!(read_first_byte(&mut haggling), 1);
+
+        // New connections see the new table only.
+        assert_eq!(list(addr), ["b", "c"]);
+        let mut s = greeted(addr);
+        assert_eq!(go(&mut s, "a"), Err(REP_ERR_UNKNOWN));
+        go(&mut s, "c").unwrap();
+        assert_eq!(read_first_byte(&mut s), 3);
+        let mut s = greeted(addr);
+        go(&mut s, "").unwrap();
+        assert_eq!(read_first_byte(&mut s), 2);
+        assert_eq!(read_first_byte(&mut old), 1);
+        server.shutdown();
+    }
+
+    #[test]
+    fn an_invalid_table_is_refused_and_the_old_one_stays() {
+        let (server, addr) = start(vec![entry("a", 1)]);
+        assert!(server
+            .replace_exports(Vec::new(), DefaultExport::First)
+            .is_err());
+        assert!(server
+            .replace_exports(vec![entry("x", 1), entry("x", 2)], DefaultExport::First)
+            .is_err());
+        assert!(server
+            .replace_exports(vec![entry("x", 1)], DefaultExport::Named("missing".into()))
+            .is_err());
+        assert_eq!(list(addr), ["a"]);
+        let mut s = greeted(addr);
+        go(&mut s, "").unwrap();
+        assert_eq!(read_first_byte(&mut s), 1);
+        // The default export follows the new table.
+        server
+            .replace_exports(
+                vec![entry("x", 5), entry("y", 6)],
+                DefaultExport::Named("y".into()),
+            )
+            .unwrap();
+        let mut s = greeted(addr);
+        go(&mut s, "").unwrap();
+        assert_eq!(read_first_byte(&mut s), 6);
+        server.shutdown();
+    }
+
+    #[test]
+    fn reloads_racing_with_connections_always_give_a_whole_table() {
+        let (server, addr) = start(vec![entry("a", 1), entry("b", 1)]);
+        let reload = server.reload_handle();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut n = 0u8;
+                while !stop.load(Ordering::SeqCst) {
+                    n = n % 200 + 1;
+                    // Both exports always carry the same generation byte.
+                    reload
+                        .replace_exports(vec![entry("a", n), entry("b", n)], DefaultExport::First)
+                        .unwrap();
+                    std::thread::yield_now();
+                }
+            })
+        };
+        for _ in 0..40 {
+            let mut a = greeted(addr);
+            let names = {
+                let mut s = greeted(addr);
+                let got = option(&mut s, OPT_LIST, &[]);
+                got.iter().filter(|(t, _)| *t == REP_SERVER).count()
+            };
+            assert_eq!(names, 2);
+            go(&mut a, "a").unwrap();
+            let first = read_first_byte(&mut a);
+            assert!((1..=200).contains(&first));
+            // The connection's export never changes under it.
+            std::thread::sleep(Duration::from_millis(1));
+            assert_eq!(read_first_byte(&mut a), first);
+        }
+        stop.store(true, Ordering::SeqCst);
+        flipper.join().unwrap();
+        server.shutdown();
     }
 }

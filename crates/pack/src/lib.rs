@@ -1,1 +1,135 @@
 //! Parallel, streaming, bounded-memory writer of cloop-family images.
+//!
+//! [`pack`] reads an input stream once, cuts it into blocks, compresses them on N threads and
+//! writes them in input order (see the `pipeline` module for the conveyor). Memory is a function
+//! of threads x block size, never of the input size, with two exceptions that grow by a few bytes
+//! per block: the index (8 bytes per block, kept until the end because header-first images put
+//! it before the blocks and footer images after them) and, for `uzip-*-dedup` images, the dedup
+//! table (a 16-byte key and an offset per distinct block). The output depends only on the input
+//! and the options, never on the thread count.
+//!
+//! Layout rules (formats.md §10.1 and §5.6):
+//!
+//! * Linux dialects (v2, v4, v4-footer): the final partial block is zero-padded to a whole block,
+//!   so every block decodes to exactly the block size. uzip dialects: the final block is
+//!   compressed at its real length, as FreeBSD mkuzip does.
+//! * At least one block, even for an empty input (Linux cannot attach a 0-block image).
+//! * All-zero blocks are never compressed: their bytes are computed once per image, or, with
+//!   [`PackOptions::zero_blocks`] (uzip), they become zero-length blocks.
+//! * A block that does not shrink is stored as level-0 zlib where the dialect has zlib (V4's
+//!   flag 1 is unreadable by cloop.ko); xz and zstd dialects keep the codec's output.
+//! * Header-first images end with the trailer (formats.md §11: exact input length and SHA-256),
+//!   zero-padded before it so the file is a multiple of 512 bytes. Without the trailer, Linux
+//!   dialects end exactly at `index[n]` (as `create_compressed_fs` writes them) and uzip images
+//!   are zero-padded to 512 (as `mkuzip` writes them). Footer images end with their header.
+
+mod choice;
+mod encode;
+mod error;
+mod options;
+mod pipeline;
+mod sink;
+mod writer;
+mod zero;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use mkmodule_codec::CodecKind;
+
+pub use choice::{
+    choose_dialect, CodecChoice, FormatChoice, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL,
+    WRITTEN_DIALECTS,
+};
+pub use error::{OptionsError, PackError};
+pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
+pub use sink::{SeekWrite, Sink, Spool};
+pub use zero::is_zero;
+
+use writer::ImageBuilder;
+
+/// Progress reports, delivered on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressEvent {
+    /// Another block was written; totals so far.
+    Blocks {
+        /// Blocks written.
+        blocks: u64,
+        /// Input bytes consumed (before padding).
+        input_bytes: u64,
+        /// Compressed bytes written.
+        output_bytes: u64,
+    },
+    /// Every block is written; the index (and a spooled block area) is being put in place.
+    Finishing,
+}
+
+/// What [`pack`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackSummary {
+    /// The dialect written.
+    pub dialect: mkmodule_format::Dialect,
+    /// Uncompressed bytes per block.
+    pub block_size: u32,
+    /// Blocks in the image.
+    pub num_blocks: u32,
+    /// Exact input length.
+    pub input_len: u64,
+    /// Length of the image file.
+    pub image_len: u64,
+    /// Image offset one past the last block (`index[n]`).
+    pub data_end: u64,
+    /// All-zero input blocks (not compressed).
+    pub zero_blocks: u64,
+    /// Blocks written as dedup back-references.
+    pub shared_blocks: u64,
+    /// Blocks that did not shrink (stored as level-0 zlib where the dialect has zlib).
+    pub incompressible_blocks: u64,
+    /// Blocks whose bytes were written, per codec (codecs with none are left out).
+    pub blocks_per_codec: Vec<(CodecKind, u64)>,
+    /// SHA-256 of the input, recorded in the trailer (`None` without a trailer).
+    pub sha256: Option<[u8; 32]>,
+    /// Whether the image carries mkmodule's trailer.
+    pub trailer: bool,
+    /// Wall time of the whole job.
+    pub elapsed: Duration,
+}
+
+/// Packs `input` into an image in `sink` according to `options`, reporting progress.
+///
+/// Validates the options and the sink first (no byte is read or written when they are refused),
+/// then runs the conveyor. On error the sink holds a partial image: the caller removes it.
+pub fn pack<R: Read + Send>(
+    input: R,
+    sink: Sink<'_>,
+    options: &PackOptions,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
+    let started = Instant::now();
+    let plan = options.plan()?;
+    let zero = pipeline::zero_block(&plan)?;
+    let mut builder = ImageBuilder::new(&plan, zero);
+    let (stats, data_end, image_len) =
+        sink::write_image(input, sink, &plan, &mut builder, progress)?;
+    let counts = builder.counts();
+    Ok(PackSummary {
+        dialect: plan.dialect,
+        block_size: plan.block_size,
+        num_blocks: counts.blocks as u32,
+        input_len: stats.len,
+        image_len,
+        data_end,
+        zero_blocks: counts.zero_blocks,
+        shared_blocks: counts.shared_blocks,
+        incompressible_blocks: counts.incompressible_blocks,
+        blocks_per_codec: CodecKind::ALL
+            .iter()
+            .zip(counts.per_codec)
+            .filter(|(_, n)| *n > 0)
+            .map(|(&k, n)| (k, n))
+            .collect(),
+        sha256: stats.digest,
+        trailer: plan.trailer,
+        elapsed: started.elapsed(),
+    })
+}

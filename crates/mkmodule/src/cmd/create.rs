@@ -1,10 +1,701 @@
-//! `mkmodule create` (being written).
+//! `mkmodule create`: compress a filesystem or disk image into a cloop-family image.
+//!
+//! Parse, then act: the arguments become a validated [`Plan`] before a byte is read or written.
+//! The image is written to a temporary file in the output's directory, synced and renamed into
+//! place only when complete; on an error or a signal (INT, TERM, HUP) the temporary file is
+//! removed and the exit status is non-zero.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+
+use anyhow::{anyhow, bail, Context, Result};
+use mkmodule_format::HeaderPosition;
+use mkmodule_pack::{
+    check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackOptions, PackSummary,
+    ProgressEvent, Sink, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
+};
+
+use crate::progress::bytes_bar;
+use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule create`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_long_help = after_help())]
+pub struct Args {
+    /// The filesystem or disk image to compress (`-` for standard input).
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// The image to write (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: String,
+
+    /// Uncompressed bytes per block: a multiple of 512 from 512 to 1M (suffixes K, M).
+    #[arg(short = 'B', long, value_name = "SIZE", default_value = "64K")]
+    pub block_size: String,
+
+    /// Block codec: zlib[:LEVEL], zstd[:LEVEL], xz[:LEVEL], lz4, none or best.
+    #[arg(short, long, value_name = "CODEC", default_value = "zlib", long_help = codec_help())]
+    pub codec: String,
+
+    /// Image format: auto, v2, v4, v4-footer or uzip.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", long_help = format_help())]
+    pub format: String,
+
+    /// Write all-zero blocks as zero-length blocks (uzip formats; FreeBSD geom_uzip only).
+    #[arg(long)]
+    pub zero_blocks: bool,
+
+    /// Write repeated blocks once and point to them (uzip formats; FreeBSD geom_uzip only).
+    #[arg(long)]
+    pub dedup: bool,
+
+    /// Compressor threads (default: one per core). The image does not depend on it.
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// The exact input length (suffixes K, M, G); checked against the input. Lets a
+    /// header-first image go to standard output when reading standard input.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+
+    /// Leave out mkmodule's trailer (input length and SHA-256 after the data). Linux formats
+    /// then end exactly at the last block, as create_compressed_fs writes them.
+    #[arg(long)]
+    pub no_trailer: bool,
+
+    /// Overwrite an existing output file.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// No progress bar and no summary line.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the summary as JSON (on standard output; on standard error when the image goes to
+    /// standard output).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn codec_help() -> String {
+    format!(
+        "Block codec.\n\n\
+         zlib[:0-12]  deflate in a zlib wrapper (libdeflate); default level {DEFAULT_ZLIB_LEVEL}, \
+         which is no larger than zlib -9. Every reader decodes it.\n\
+         zstd[:1-22]  default level {DEFAULT_ZSTD_LEVEL}; uzip-zstd only (FreeBSD with ZSTDIO).\n\
+         xz[:0-9]     default level 6; v4 (Linux cloop.ko) or uzip-xz (FreeBSD).\n\
+         lz4          fast; v4 only (Linux cloop.ko).\n\
+         none         blocks stored uncompressed, as level-0 zlib (the one uncompressed \
+         encoding every reader decodes).\n\
+         best         per block the smallest result of the codecs the format allows, each at \
+         its highest level (v4: zlib, xz and lz4); slow.\n\n\
+         A block that does not shrink is stored as level-0 zlib where the format has zlib."
+    )
+}
+
+fn format_help() -> String {
+    let mut text = String::from(
+        "Image format (dialect). auto picks the most compatible one that can express the \
+         other options: v2 for zlib, none and best; v4 for xz and lz4; uzip-zstd for zstd; the \
+         codec's uzip format with --zero-blocks or --dedup. uzip picks uzip-zlib, uzip-xz or \
+         uzip-zstd by codec.\n",
+    );
+    for dialect in WRITTEN_DIALECTS {
+        let spec = dialect.spec();
+        let codecs: Vec<&str> = spec
+            .codecs
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    mkmodule_codec::CodecKind::None | mkmodule_codec::CodecKind::Lzo
+                )
+            })
+            .map(|c| c.name())
+            .collect();
+        let readers: Vec<&str> = spec.readers.iter().map(|r| r.name()).collect();
+        text.push_str(&format!(
+            "\n{:<10} {}; readers: {}",
+            dialect.name(),
+            codecs.join(", "),
+            readers.join(", ")
+        ));
+    }
+    text.push_str(
+        "\n\nv2 with zlib is the portable profile: the Debian preamble (qemu detects it), every \
+         block padded to the block size, and (with the trailer) the file padded to 512 bytes. \
+         uzip images keep the final block at its real length, as mkuzip does. v4-footer puts \
+         the index after the blocks, so it can be written to a pipe.",
+    );
+    text
+}
+
+fn after_help() -> &'static str {
+    "Examples:\n  \
+     mkmodule rootfs.img -o KNOPPIX                 portable image (v2, zlib, 64K blocks)\n  \
+     mkisofs -R dir | mkmodule - -o KNOPPIX         from a pipe (blocks spooled beside OUT)\n  \
+     mkisofs -R dir | mkmodule - -o - --format v4-footer > KNOPPIX\n  \
+     mkmodule disk.img -o disk.uzst -c zstd:9 --zero-blocks"
+}
+
+/// Where the input comes from.
+#[derive(Debug)]
+enum InputSpec {
+    Stdin,
+    Path(PathBuf),
+}
+
+/// Where the image goes.
+#[derive(Debug, Clone)]
+enum OutputSpec {
+    Stdout,
+    Path(PathBuf),
+}
+
+/// The validated job: everything decided before any I/O.
+#[derive(Debug)]
+struct Plan {
+    input: InputSpec,
+    output: OutputSpec,
+    options: PackOptions,
+    size: Option<u64>,
+    force: bool,
+    quiet: bool,
+    json: bool,
+}
+
+impl Plan {
+    fn from_args(args: Args) -> Result<Plan> {
+        let block_size = parse_size(&args.block_size)
+            .map_err(|e| anyhow!("--block-size: {e}"))
+            .and_then(|bs| Ok(check_block_size(bs)?))?;
+        let codec: CodecChoice = args
+            .codec
+            .parse()
+            .map_err(|e| anyhow!("--codec {:?}: {e}", args.codec))?;
+        let format: FormatChoice = args.format.parse().map_err(|e: String| anyhow!(e))?;
+        let (dialect, codec) = choose_dialect(format, codec, args.zero_blocks, args.dedup)?;
+        let threads = match args.threads {
+            Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) => n,
+        };
+        let size = args
+            .size
+            .as_deref()
+            .map(|s| parse_size(s).map_err(|e| anyhow!("--size: {e}")))
+            .transpose()?;
+        let input = match args.input.as_str() {
+            "-" => InputSpec::Stdin,
+            path => InputSpec::Path(PathBuf::from(path)),
+        };
+        let output = match args.output.as_str() {
+            "-" => OutputSpec::Stdout,
+            "" => bail!("the output name is empty"),
+            path => OutputSpec::Path(PathBuf::from(path)),
+        };
+        let options = PackOptions {
+            dialect,
+            codec,
+            block_size,
+            threads,
+            zero_blocks: args.zero_blocks,
+            trailer: !args.no_trailer,
+            input_len: size,
+            ..PackOptions::portable()
+        };
+        // Everything the packer would refuse, refused now.
+        options.plan()?;
+        Ok(Plan {
+            input,
+            output,
+            options,
+            size,
+            force: args.force,
+            quiet: args.quiet,
+            json: args.json,
+        })
+    }
+
+    fn header_first(&self) -> bool {
+        self.options.dialect.spec().header_position == HeaderPosition::Start
+    }
+}
 
 /// Runs `mkmodule create`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mkmodule create is not written yet")
+pub fn run(args: Args) -> Result<()> {
+    let mut plan = Plan::from_args(args)?;
+    let (input, input_len) = open_input(&plan.input, plan.size)?;
+    plan.options.input_len = input_len;
+    plan.options.plan()?;
+    match plan.output.clone() {
+        OutputSpec::Stdout => {
+            if std::io::stdout().is_terminal() {
+                bail!(
+                    "refusing to write an image to a terminal: redirect standard output or use \
+                     -o FILE"
+                );
+            }
+            let stdout = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot use standard output")?;
+            write_direct(&plan, input, File::from(stdout), "standard output")
+        }
+        OutputSpec::Path(path) => write_path(&plan, input, &path),
+    }
+}
+
+/// Opens the input and finds its length when it has one (regular file, block device).
+fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)> {
+    let (mut file, name) = match spec {
+        InputSpec::Stdin => {
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot use standard input")?;
+            (File::from(fd), "standard input".to_string())
+        }
+        InputSpec::Path(path) => {
+            let meta = fs::metadata(path)
+                .with_context(|| format!("cannot open the input {}", path.display()))?;
+            if meta.is_dir() {
+                bail!(
+                    "the input {} is a directory: give a filesystem or disk image (make one \
+                     with mkisofs or mkfs.ext4 -d first)",
+                    path.display()
+                );
+            }
+            let file = File::open(path)
+                .with_context(|| format!("cannot open the input {}", path.display()))?;
+            (file, path.display().to_string())
+        }
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot examine the input {name}"))?;
+    let known = if meta.is_file() {
+        let at = file.stream_position().unwrap_or(0);
+        Some(meta.len().saturating_sub(at))
+    } else if meta.file_type().is_block_device() {
+        let end = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("cannot find the size of the device {name}"))?;
+        file.seek(SeekFrom::Start(0))
+            .with_context(|| format!("cannot rewind the device {name}"))?;
+        Some(end)
+    } else {
+        None
+    };
+    match (known, size) {
+        (Some(len), Some(size)) if len != size => {
+            bail!("--size {size} does not match the input {name}, which holds {len} bytes")
+        }
+        (Some(len), _) => Ok((file, Some(len))),
+        (None, size) => Ok((file, size)),
+    }
+}
+
+/// Writes to an output we do not own (standard output, an existing device): in place when it
+/// seeks and the length is known, as a stream for footer images, refused otherwise.
+fn write_direct(plan: &Plan, input: File, mut out: File, name: &str) -> Result<()> {
+    let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let at_start = out.stream_position().ok() == Some(0);
+    let result = if !plan.header_first() {
+        run_pack(plan, input, Sink::Stream(&mut out))
+    } else if at_start && plan.options.input_len.is_some() {
+        run_pack(plan, input, Sink::Seekable(&mut out))
+    } else {
+        bail!(
+            "a {dialect} image cannot go to {name} here: its index comes before the blocks, so \
+             the block count must be known (give --size when reading a pipe) and the output \
+             must seek (a file, not a pipe); use --format v4-footer (index at the end) or write \
+             to a file with -o FILE",
+            dialect = plan.options.dialect
+        );
+    };
+    match result {
+        Ok(summary) => {
+            if regular {
+                out.set_len(summary.image_len)
+                    .with_context(|| format!("cannot set the length of {name}"))?;
+            }
+            out.flush().ok();
+            report(plan, &summary, name)
+        }
+        Err(error) => {
+            if regular {
+                // Leave no partial image behind; the file itself belongs to the shell.
+                let _ = out.set_len(0);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
+fn write_path(plan: &Plan, input: File, path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path).and_then(|_| fs::metadata(path)) {
+        Ok(meta) if meta.is_dir() => bail!(
+            "the output {} is a directory: name a file, e.g. {}",
+            path.display(),
+            path.join("KNOPPIX").display()
+        ),
+        Ok(_) if !plan.force => bail!(
+            "the output {} exists: add -f to overwrite it",
+            path.display()
+        ),
+        Ok(meta) if !meta.is_file() => {
+            // A device or a FIFO: write into it, never replace it.
+            let out = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot open the output {}", path.display()))?;
+            let kind = if meta.file_type().is_block_device() {
+                "the device"
+            } else {
+                "the special file"
+            };
+            return write_direct(plan, input, out, &format!("{kind} {}", path.display()));
+        }
+        _ => {}
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("the output directory {} does not exist", dir.display());
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("the output {} does not name a file", path.display()))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name.to_string_lossy()))
+        .suffix(".partial")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let guard = CleanupGuard::register(temp.path().to_path_buf());
+    let mut out = SyncBehind::new(temp.as_file_mut());
+    let summary = if !plan.header_first() {
+        run_pack(plan, input, Sink::Stream(&mut out))?
+    } else if plan.options.input_len.is_some() {
+        run_pack(plan, input, Sink::Seekable(&mut out))?
+    } else {
+        // Unknown length: spool the blocks beside the output (an unnamed file that vanishes
+        // with the process), then write header, index and blocks.
+        let mut spool = tempfile::tempfile_in(&dir)
+            .with_context(|| format!("cannot create a spool file in {}", dir.display()))?;
+        run_pack(
+            plan,
+            input,
+            Sink::Spooled {
+                output: &mut out,
+                spool: &mut spool,
+            },
+        )?
+    };
+    drop(out);
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", temp.path().display()))?;
+    let persisted = if plan.force {
+        temp.persist(path)
+    } else {
+        temp.persist_noclobber(path)
+    };
+    persisted.map_err(|e| {
+        anyhow!(e.error).context(format!(
+            "cannot rename the finished image to {}",
+            path.display()
+        ))
+    })?;
+    drop(guard);
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    report(plan, &summary, &path.display().to_string())
+}
+
+/// Bytes written between two background flushes of the output.
+const SYNC_EVERY: u64 = 32 << 20;
+
+/// Writes through to a file and has a helper thread flush it to disk every [`SYNC_EVERY`]
+/// bytes, so disk writes overlap compression and the final fsync finds little left to do.
+/// Errors of the background flushes are ignored: the final `sync_all` reports them.
+struct SyncBehind<'a> {
+    file: &'a mut File,
+    unsynced: u64,
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<'a> SyncBehind<'a> {
+    fn new(file: &'a mut File) -> SyncBehind<'a> {
+        let (kick, thread) = match file.try_clone() {
+            Ok(clone) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+                let thread = std::thread::Builder::new()
+                    .name("mkmodule-sync".into())
+                    .spawn(move || {
+                        while rx.recv().is_ok() {
+                            let _ = clone.sync_data();
+                        }
+                    })
+                    .ok();
+                (thread.is_some().then_some(tx), thread)
+            }
+            Err(_) => (None, None),
+        };
+        SyncBehind {
+            file,
+            unsynced: 0,
+            kick,
+            thread,
+        }
+    }
+}
+
+impl Write for SyncBehind<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.unsynced = 0;
+            if let Some(kick) = &self.kick {
+                // A flush already pending covers these bytes too.
+                let _ = kick.try_send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for SyncBehind<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl Drop for SyncBehind<'_> {
+    fn drop(&mut self) {
+        self.kick = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs the packer with a progress bar.
+fn run_pack(plan: &Plan, input: File, sink: Sink<'_>) -> Result<PackSummary> {
+    let total = plan.options.input_len;
+    let bar = bytes_bar(total, "creating", plan.quiet);
+    let bs = u64::from(plan.options.block_size);
+    let blocks_total = total.map(|t| t.div_ceil(bs).max(1));
+    let progress = |event: ProgressEvent| match event {
+        ProgressEvent::Blocks {
+            blocks,
+            input_bytes,
+            output_bytes,
+        } => {
+            bar.set_position(input_bytes);
+            if blocks % 64 == 1 || Some(blocks) == blocks_total {
+                let ratio = output_bytes as f64 / (input_bytes.max(1)) as f64;
+                let of = blocks_total.map(|t| format!("/{t}")).unwrap_or_default();
+                bar.set_message(format!("block {blocks}{of}, ratio {ratio:.3}"));
+            }
+        }
+        ProgressEvent::Finishing => bar.set_message("writing the index"),
+    };
+    let result = pack(input, sink, &plan.options, &progress);
+    bar.finish_and_clear();
+    result.map_err(anyhow::Error::from)
+}
+
+/// The summary line, or JSON.
+fn report(plan: &Plan, s: &PackSummary, out_name: &str) -> Result<()> {
+    let secs = s.elapsed.as_secs_f64().max(1e-6);
+    let ratio = s.image_len as f64 / s.input_len.max(1) as f64;
+    let mb_s = s.input_len as f64 / 1e6 / secs;
+    if plan.json {
+        let codecs: serde_json::Map<String, serde_json::Value> = s
+            .blocks_per_codec
+            .iter()
+            .map(|(k, n)| (k.name().to_string(), (*n).into()))
+            .collect();
+        let value = serde_json::json!({
+            "output": out_name,
+            "dialect": s.dialect.name(),
+            "codec": plan.options.codec.to_string(),
+            "block_size": s.block_size,
+            "num_blocks": s.num_blocks,
+            "input_bytes": s.input_len,
+            "image_bytes": s.image_len,
+            "data_end": s.data_end,
+            "ratio": ratio,
+            "zero_blocks": s.zero_blocks,
+            "shared_blocks": s.shared_blocks,
+            "incompressible_blocks": s.incompressible_blocks,
+            "blocks_per_codec": codecs,
+            "trailer": s.trailer,
+            "sha256": s.sha256.map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "seconds": secs,
+            "input_mb_per_s": mb_s,
+            "threads": plan.options.threads,
+        });
+        let text = serde_json::to_string_pretty(&value)?;
+        if matches!(plan.output, OutputSpec::Stdout) {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+        return Ok(());
+    }
+    if !plan.quiet {
+        eprintln!(
+            "mkmodule: {out_name}: {} -> {} (ratio {ratio:.3}), {} blocks of {}, {} {}, {:.1} s, \
+             {mb_s:.0} MB/s",
+            human_bytes(s.input_len),
+            human_bytes(s.image_len),
+            s.num_blocks,
+            human_bytes(u64::from(s.block_size)),
+            s.dialect,
+            plan.options.codec,
+            secs,
+        );
+    }
+    Ok(())
+}
+
+/// Temporary files to remove when a signal stops the process.
+static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static HANDLER: Once = Once::new();
+
+/// Removes its path on a signal while alive (on drop the path is forgotten: by then it was
+/// renamed into place, or `tempfile` removed it).
+struct CleanupGuard(PathBuf);
+
+impl CleanupGuard {
+    fn register(path: PathBuf) -> CleanupGuard {
+        HANDLER.call_once(install_signal_handler);
+        if let Ok(mut paths) = CLEANUP.lock() {
+            paths.push(path.clone());
+        }
+        CleanupGuard(path)
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if let Ok(mut paths) = CLEANUP.lock() {
+            paths.retain(|p| p != &self.0);
+        }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the registered temporary files and exit with 128 +
+/// the signal number.
+fn install_signal_handler() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("mkmodule-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                if let Ok(paths) = CLEANUP.lock() {
+                    for path in paths.iter() {
+                        let _ = fs::remove_file(path);
+                    }
+                }
+                eprintln!("mkmodule: stopped by signal {signal}; no image was written");
+                std::process::exit(128 + signal);
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("mkmodule: warning: cannot watch for signals");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use mkmodule_format::Dialect;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn plan(argv: &[&str]) -> Result<Plan> {
+        let mut full = vec!["create"];
+        full.extend_from_slice(argv);
+        Plan::from_args(Cli::try_parse_from(full)?.args)
+    }
+
+    #[test]
+    fn defaults_are_the_portable_profile() {
+        let p = plan(&["in.img", "-o", "OUT"]).unwrap();
+        assert_eq!(p.options.dialect, Dialect::LinuxV2);
+        assert_eq!(p.options.block_size, 65536);
+        assert_eq!(
+            p.options.codec.to_string(),
+            format!("zlib:{DEFAULT_ZLIB_LEVEL}")
+        );
+        assert!(p.options.trailer);
+    }
+
+    #[test]
+    fn bad_options_fail_with_one_sentence() {
+        let err = plan(&["in", "-o", "out", "-B", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("block size 1000 is not possible"), "{err}");
+        let err = plan(&["in", "-o", "out", "-c", "zstd", "--format", "v2"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "zstd blocks are not possible in v2 images: use --format uzip-zstd"
+        );
+        let err = plan(&["in", "-o", "out", "-c", "gzip"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown codec"), "{err}");
+        let err = plan(&["in", "-o", "out", "--format", "v5"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown format"), "{err}");
+    }
+
+    #[test]
+    fn formats_follow_the_codec() {
+        let p = plan(&["in", "-o", "out", "-c", "zstd:5"]).unwrap();
+        assert_eq!(p.options.dialect, Dialect::UzipZstd);
+        let p = plan(&["in", "-o", "out", "-c", "xz", "--format", "uzip", "--dedup"]).unwrap();
+        assert_eq!(p.options.dialect, Dialect::UzipXzDedup);
+        let p = plan(&["in", "-o", "out", "-c", "lz4", "--format", "v4-footer"]).unwrap();
+        assert_eq!(p.options.dialect, Dialect::LinuxV4Footer);
+    }
+
+    #[test]
+    fn help_names_the_readers() {
+        let help = format_help();
+        assert!(
+            help.contains("v2         zlib; readers: Linux cloop.ko, extract_compressed_fs, qemu")
+        );
+        assert!(help.contains("uzip-zstd  zstd; readers: FreeBSD geom_uzip"));
+    }
 }

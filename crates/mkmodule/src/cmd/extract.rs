@@ -1,10 +1,234 @@
-//! `mkmodule extract` (being written).
+//! `mkmodule extract`: decompress an image back to the raw filesystem or disk image.
+//!
+//! Blocks are decoded on every core. A regular-file output is written at block offsets from the
+//! decoding threads, with holes for zero blocks, into a temporary file next to OUT that is
+//! renamed over OUT only when everything succeeded: an error never leaves a partial OUT behind.
+//! Standard output, pipes and devices get the blocks in order.
+
+use std::fs::{self, File, OpenOptions as FileOptions, Permissions};
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
+
+use crate::progress::bytes_bar;
 
 /// Arguments of `mkmodule extract`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The image to decompress.
+    pub image: PathBuf,
+    /// Where to write the raw contents: a file, a device, or `-` for standard output.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Write blocks × block size bytes even when the trailer records the original length.
+    #[arg(long)]
+    pub padded: bool,
+    /// Leave holes for zero blocks in a regular-file OUT (the default).
+    #[arg(long, overrides_with = "no_sparse")]
+    pub sparse: bool,
+    /// Write zero blocks out in full.
+    #[arg(long, overrides_with = "sparse")]
+    pub no_sparse: bool,
+    /// Decoding threads (default: one per core).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Replace OUT if it is an existing file; allow binary output to a terminal.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Show no progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
 
 /// Runs `mkmodule extract`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mkmodule extract is not written yet")
+pub fn run(args: Args) -> Result<()> {
+    let options = OpenOptions {
+        cache_bytes: 0,
+        readahead: 0,
+        exposed_size: if args.padded {
+            ExposedSize::Padded
+        } else {
+            ExposedSize::Original
+        },
+        ..OpenOptions::default()
+    };
+    let image = Image::open_with(&args.image, &options)
+        .with_context(|| format!("opening {}", args.image.display()))?;
+    if let (false, Some(problem)) = (args.padded, image.trailer_problem()) {
+        eprintln!(
+            "mkmodule: warning: {}: {problem}; writing the padded size",
+            args.image.display()
+        );
+    }
+    let pass = ParallelOptions {
+        threads: args.threads.unwrap_or(0),
+        skip_zero: true,
+    };
+    let bar = bytes_bar(Some(image.size()), "extracting", args.quiet);
+    let result = if args.output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() && !args.force {
+            bail!("refusing to write binary data to a terminal: redirect it, or use --force");
+        }
+        write_in_order(&image, pass, &mut stdout.lock(), &bar).context("writing to standard output")
+    } else {
+        extract_to_path(&image, &args, pass, &bar)
+    };
+    bar.finish_and_clear();
+    result.with_context(|| format!("extracting {}", args.image.display()))
+}
+
+/// Writes to OUT: a new regular file through a temporary file, or an existing device in place.
+fn extract_to_path(
+    image: &Image,
+    args: &Args,
+    pass: ParallelOptions,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let out = &args.output;
+    match fs::metadata(out) {
+        Ok(meta) if meta.is_dir() => bail!("{} is a directory", out.display()),
+        Ok(meta) if meta.is_file() && !args.force => {
+            bail!("{} exists: use --force to replace it", out.display())
+        }
+        Ok(meta) if !meta.is_file() => {
+            // A device or a FIFO: write into it in order; holes make no sense there.
+            let mut file = FileOptions::new()
+                .write(true)
+                .open(out)
+                .with_context(|| format!("opening {}", out.display()))?;
+            write_in_order(image, pass, &mut file, bar)
+                .with_context(|| format!("writing {}", out.display()))?;
+            return file
+                .flush()
+                .with_context(|| format!("writing {}", out.display()));
+        }
+        _ => {}
+    }
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} names no file", out.display()))?
+        .to_string_lossy();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".part")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    write_at_offsets(image, pass, temp.as_file(), !args.no_sparse, bar)
+        .with_context(|| format!("writing {}", temp.path().display()))?;
+    let persisted = if args.force {
+        temp.persist(out)
+    } else {
+        temp.persist_noclobber(out)
+    };
+    persisted
+        .map(drop)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the finished output to {}", out.display()))
+}
+
+/// Decodes on all threads and writes each block at its offset; zero blocks become holes when
+/// `sparse`. The file ends up exactly `image.size()` bytes long.
+fn write_at_offsets(
+    image: &Image,
+    pass: ParallelOptions,
+    file: &File,
+    sparse: bool,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let size = image.size();
+    let bs = u64::from(image.block_size());
+    let zeros = if sparse {
+        Vec::new()
+    } else {
+        vec![0u8; bs as usize]
+    };
+    let pass = ParallelOptions {
+        skip_zero: sparse,
+        ..pass
+    };
+    image.par_blocks(pass, |block, decoded| -> Result<()> {
+        let at = u64::from(block) * bs;
+        if at >= size {
+            return Ok(());
+        }
+        let take = (size - at).min(bs) as usize;
+        let data = match decoded? {
+            Decoded::Zero if sparse => None,
+            Decoded::Zero => Some(&zeros[..take]),
+            Decoded::Data(data) if sparse && is_zero(&data[..take]) => None,
+            Decoded::Data(data) => Some(&data[..take]),
+        };
+        if let Some(data) = data {
+            file.write_all_at(data, at)?;
+        }
+        bar.inc(take as u64);
+        Ok(())
+    })?;
+    file.set_len(size)?;
+    Ok(())
+}
+
+/// Decodes on all threads and writes the blocks in order to `out`.
+fn write_in_order(
+    image: &Image,
+    pass: ParallelOptions,
+    out: &mut impl Write,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let size = image.size();
+    let bs = u64::from(image.block_size());
+    let zeros = vec![0u8; bs as usize];
+    image.par_blocks_ordered(pass, |block, decoded| -> Result<()> {
+        let at = u64::from(block) * bs;
+        if at >= size {
+            return Ok(());
+        }
+        let take = (size - at).min(bs) as usize;
+        let data = match decoded? {
+            Decoded::Zero => &zeros[..take],
+            Decoded::Data(data) => &data[..take],
+        };
+        out.write_all(data)?;
+        bar.inc(take as u64);
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether `bytes` are all zero (in 64-byte strides the compiler vectorises).
+fn is_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_test_looks_at_every_byte() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 4096]));
+        for at in [0, 63, 64, 100, 4095] {
+            let mut bytes = vec![0u8; 4096];
+            bytes[at] = 1;
+            assert!(!is_zero(&bytes), "{at}");
+        }
+        let mut odd = vec![0u8; 70];
+        assert!(is_zero(&odd));
+        odd[69] = 9;
+        assert!(!is_zero(&odd));
+    }
 }

@@ -1,9 +1,15 @@
 //! One module per command: each has its clap `Args` and a `run` function.
 
+pub mod attach;
+pub mod commit;
 pub mod create;
+pub mod detach;
 pub mod extract;
+pub mod fuse_daemon;
 pub mod info;
+pub mod mount;
 pub mod serve;
+pub mod umount;
 pub mod verify;
 
 /// An error that asks for a specific exit status (otherwise 1).

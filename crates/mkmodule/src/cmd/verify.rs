@@ -1,10 +1,236 @@
-//! `mkmodule verify` (being written).
+//! `mkmodule verify`: decode every block in parallel, check the trailer's digest, and report each
+//! bad block. Exit status 3 when the image is damaged.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use mkmodule_format::DigestAlgorithm;
+use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{ExitStatus, EXIT_DAMAGED};
+use crate::progress::bytes_bar;
 
 /// Arguments of `mkmodule verify`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The image to check.
+    pub image: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Decoding threads (default: one per core).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Show no progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// What verify found; the JSON output is this structure.
+#[derive(Debug, Serialize)]
+struct Report {
+    image: String,
+    ok: bool,
+    /// Set when the image could not even be opened (bad header, index or file).
+    error: Option<String>,
+    dialect: Option<&'static str>,
+    blocks: u32,
+    bad_blocks: Vec<BadBlock>,
+    digest: Option<DigestReport>,
+    trailer_problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BadBlock {
+    index: u32,
+    offset: Option<u64>,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct DigestReport {
+    algorithm: &'static str,
+    expected: String,
+    /// The digest of the decoded content; absent when a bad block made it impossible.
+    actual: Option<String>,
+    /// `ok`, `mismatch` or `not checked`.
+    status: &'static str,
+}
 
 /// Runs `mkmodule verify`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mkmodule verify is not written yet")
+pub fn run(args: Args) -> Result<()> {
+    let mut report = Report {
+        image: args.image.display().to_string(),
+        ok: false,
+        error: None,
+        dialect: None,
+        blocks: 0,
+        bad_blocks: Vec::new(),
+        digest: None,
+        trailer_problem: None,
+    };
+    let options = OpenOptions {
+        cache_bytes: 0,
+        readahead: 0,
+        ..OpenOptions::default()
+    };
+    match Image::open_with(&args.image, &options) {
+        Ok(image) => check(&image, &args, &mut report),
+        Err(error) if error.is_damage() => report.error = Some(error.to_string()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("opening {}", args.image.display()))
+        }
+    }
+    report.ok = report.error.is_none()
+        && report.bad_blocks.is_empty()
+        && report.trailer_problem.is_none()
+        && report.digest.as_ref().is_none_or(|d| d.status == "ok");
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_text(&mut out, &report)?;
+    }
+    out.flush()?;
+    if report.ok {
+        return Ok(());
+    }
+    let what = match (&report.error, report.bad_blocks.len()) {
+        (Some(error), _) => error.clone(),
+        (None, 0) => "the content does not match its recorded digest".to_string(),
+        (None, 1) => "1 bad block".to_string(),
+        (None, n) => format!("{n} bad blocks"),
+    };
+    Err(ExitStatus {
+        code: EXIT_DAMAGED,
+        message: format!("{} is damaged: {what}", args.image.display()),
+    }
+    .into())
+}
+
+/// Decodes every block (hashing the content in order when the trailer has a digest).
+fn check(image: &Image, args: &Args, report: &mut Report) {
+    report.dialect = Some(image.dialect().name());
+    report.blocks = image.num_blocks();
+    report.trailer_problem = image.trailer_problem().map(|p| p.to_string());
+    let pass = ParallelOptions {
+        threads: args.threads.unwrap_or(0),
+        skip_zero: false,
+    };
+    let bs = u64::from(image.block_size());
+    let bar = bytes_bar(Some(image.padded_size()), "verifying", args.quiet);
+    let bad = |error: ImageError, block: u32| BadBlock {
+        index: error.block().unwrap_or(block),
+        offset: error.offset(),
+        reason: error.to_string(),
+    };
+    let digest = image.trailer().filter(|t| {
+        t.digest_algorithm == DigestAlgorithm::Sha256 && image.original_size().is_some()
+    });
+    match digest {
+        Some(trailer) => {
+            let mut hasher = Sha256::new();
+            let mut remaining = trailer.original_len;
+            let mut bad_blocks = Vec::new();
+            let zeros = vec![0u8; bs as usize];
+            let _ = image.par_blocks_ordered(pass, |block, decoded| {
+                match decoded {
+                    Ok(Decoded::Data(data)) => {
+                        let take = remaining.min(bs) as usize;
+                        hasher.update(&data[..take]);
+                        remaining -= take as u64;
+                    }
+                    Ok(Decoded::Zero) => {
+                        let take = remaining.min(bs) as usize;
+                        hasher.update(&zeros[..take]);
+                        remaining -= take as u64;
+                    }
+                    Err(error) => bad_blocks.push(bad(error, block)),
+                }
+                bar.inc(bs);
+                Ok::<(), ()>(())
+            });
+            let expected = hex(&trailer.digest);
+            report.digest = Some(if bad_blocks.is_empty() {
+                let actual = hex(&hasher.finalize());
+                let status = if actual == expected { "ok" } else { "mismatch" };
+                DigestReport {
+                    algorithm: trailer.digest_algorithm.name(),
+                    expected,
+                    actual: Some(actual),
+                    status,
+                }
+            } else {
+                DigestReport {
+                    algorithm: trailer.digest_algorithm.name(),
+                    expected,
+                    actual: None,
+                    status: "not checked",
+                }
+            });
+            report.bad_blocks = bad_blocks;
+        }
+        None => {
+            let bad_blocks = Mutex::new(Vec::new());
+            let _ = image.par_blocks(pass, |block, decoded| {
+                if let Err(error) = decoded {
+                    let entry = bad(error, block);
+                    bad_blocks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(entry);
+                }
+                bar.inc(bs);
+                Ok::<(), ()>(())
+            });
+            let mut bad_blocks = bad_blocks
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            bad_blocks.sort_by_key(|b| b.index);
+            report.bad_blocks = bad_blocks;
+        }
+    }
+    bar.finish_and_clear();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    if let Some(error) = &report.error {
+        writeln!(out, "{}: cannot be read: {error}", report.image)?;
+        return Ok(());
+    }
+    for bad in &report.bad_blocks {
+        writeln!(out, "bad block {}: {}", bad.index, bad.reason)?;
+    }
+    if let Some(problem) = &report.trailer_problem {
+        writeln!(out, "trailer: {problem}")?;
+    }
+    match &report.digest {
+        Some(d) if d.status == "mismatch" => writeln!(
+            out,
+            "digest: {} MISMATCH: recorded {}, content {}",
+            d.algorithm,
+            d.expected,
+            d.actual.as_deref().unwrap_or("-")
+        )?,
+        Some(d) => writeln!(out, "digest: {} {} ({})", d.algorithm, d.expected, d.status)?,
+        None => writeln!(out, "digest: none recorded")?,
+    }
+    let verdict = if report.ok { "ok" } else { "DAMAGED" };
+    writeln!(
+        out,
+        "{}: {} blocks, {} bad: {verdict}",
+        report.image,
+        report.blocks,
+        report.bad_blocks.len()
+    )
 }

@@ -1,0 +1,172 @@
+//! The one error type of the reader: every failure names the block and file offset it concerns.
+
+use std::io;
+use std::path::PathBuf;
+
+use mkmodule_codec::{CodecError, CodecKind};
+use mkmodule_format::FormatError;
+
+/// Why an image could not be opened or a block could not be read.
+///
+/// Errors about one block carry its index and the file offset of its compressed bytes, so a
+/// message reads like `block 12 at offset 53248 (301 bytes, zlib): corrupt zlib block: ...`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The image file could not be opened or its size determined.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Reading the header, index or trailer failed.
+    #[error("reading {len} bytes at offset {offset}: {source}")]
+    Io {
+        /// File offset of the read.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The header, index or trailer breaks a rule of the format.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A block's compressed bytes could not be read.
+    #[error("block {block} at offset {offset} ({len} bytes): read failed: {source}")]
+    BlockIo {
+        /// Block index.
+        block: u32,
+        /// File offset of its compressed bytes.
+        offset: u64,
+        /// Its compressed length.
+        len: u32,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A block's compressed bytes run past the end of the file (it was truncated after the
+    /// index was written or after the image was opened).
+    #[error(
+        "block {block} at offset {offset} ({len} bytes) runs past the end of the file \
+         ({file_len} bytes): the image is truncated"
+    )]
+    Truncated {
+        /// Block index.
+        block: u32,
+        /// File offset of its compressed bytes.
+        offset: u64,
+        /// Its compressed length.
+        len: u32,
+        /// Length of the file.
+        file_len: u64,
+    },
+    /// The codec rejected a block: corrupt data, failed checksum, or too much output.
+    #[error("block {block} at offset {offset} ({len} bytes, {codec}): {source}")]
+    Decode {
+        /// Block index.
+        block: u32,
+        /// File offset of its compressed bytes.
+        offset: u64,
+        /// Its compressed length.
+        len: u32,
+        /// The codec it was decoded with.
+        codec: CodecKind,
+        /// What the codec objected to.
+        source: CodecError,
+    },
+    /// A block other than the last decoded to fewer bytes than the block size.
+    #[error(
+        "block {block} at offset {offset} ({len} bytes, {codec}): decodes to {decoded} bytes, \
+         expected {expected}; only the final block may be short"
+    )]
+    ShortBlock {
+        /// Block index.
+        block: u32,
+        /// File offset of its compressed bytes.
+        offset: u64,
+        /// Its compressed length.
+        len: u32,
+        /// The codec it was decoded with.
+        codec: CodecKind,
+        /// Bytes it decoded to.
+        decoded: usize,
+        /// The block size.
+        expected: u32,
+    },
+    /// A block number at or beyond the block count.
+    #[error("block {block} does not exist: the image has {num_blocks} blocks")]
+    NoSuchBlock {
+        /// The block asked for.
+        block: u64,
+        /// Blocks in the image.
+        num_blocks: u32,
+    },
+    /// mkmodule's trailer records an original length the blocks cannot hold.
+    #[error(
+        "the trailer records an original length of {original_len} bytes, more than the \
+         {padded} bytes the image's blocks hold"
+    )]
+    TrailerLength {
+        /// Length recorded in the trailer.
+        original_len: u64,
+        /// Blocks × block size.
+        padded: u64,
+    },
+}
+
+impl ImageError {
+    /// The block this error is about, if it concerns one block.
+    pub fn block(&self) -> Option<u32> {
+        match self {
+            ImageError::BlockIo { block, .. }
+            | ImageError::Truncated { block, .. }
+            | ImageError::Decode { block, .. }
+            | ImageError::ShortBlock { block, .. } => Some(*block),
+            _ => None,
+        }
+    }
+
+    /// The file offset this error is about: a block's start, or the offset of a failed read.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            ImageError::BlockIo { offset, .. }
+            | ImageError::Truncated { offset, .. }
+            | ImageError::Decode { offset, .. }
+            | ImageError::ShortBlock { offset, .. }
+            | ImageError::Io { offset, .. } => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// Whether the error means the image itself is damaged or malformed (as opposed to the
+    /// file being unreadable for an operating-system reason).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            ImageError::Open { .. }
+            | ImageError::BlockIo { .. }
+            | ImageError::NoSuchBlock { .. } => false,
+            ImageError::Io { source, .. } => source.kind() == io::ErrorKind::UnexpectedEof,
+            ImageError::Format(_)
+            | ImageError::Truncated { .. }
+            | ImageError::Decode { .. }
+            | ImageError::ShortBlock { .. }
+            | ImageError::TrailerLength { .. } => true,
+        }
+    }
+}
+
+impl From<ImageError> for io::Error {
+    /// Damage becomes [`io::ErrorKind::InvalidData`]; operating-system errors keep their kind.
+    fn from(error: ImageError) -> Self {
+        let kind = match &error {
+            ImageError::Open { source, .. }
+            | ImageError::BlockIo { source, .. }
+            | ImageError::Io { source, .. } => source.kind(),
+            ImageError::NoSuchBlock { .. } => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, error)
+    }
+}

@@ -1,0 +1,322 @@
+//! The opened image: what it is made of, and the block lookup every read goes through.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use mkmodule_format::{BlockIndex, BlockKind, Dialect, Layout, Trailer};
+
+use crate::cache::{Block, BlockCache, CacheStats, Lookup};
+use crate::decode::Blocks;
+use crate::readahead::ReadAhead;
+use crate::source::Source;
+use crate::zero_map::ZeroMap;
+use crate::ImageError;
+
+/// Most extents [`Image::extents`] returns for one call.
+pub const MAX_EXTENTS: usize = 1 << 16;
+
+/// A cloop-family image opened for random access.
+///
+/// Every method takes `&self`: an `Image` is `Send + Sync`, so share it between threads with an
+/// [`Arc`] and call [`Image::read_at`] from all of them at once. Decoded blocks are kept in a
+/// cache shared by all readers, and sequential readers get the following blocks decoded ahead of
+/// them on a small thread pool.
+pub struct Image {
+    pub(crate) core: Arc<Core>,
+    pub(crate) ahead: ReadAhead,
+}
+
+/// The parts of an image that read-ahead workers share with readers.
+pub(crate) struct Core {
+    pub(crate) path: PathBuf,
+    pub(crate) source: Source,
+    pub(crate) layout: Layout,
+    pub(crate) index: BlockIndex,
+    pub(crate) trailer: Option<Trailer>,
+    pub(crate) trailer_problem: Option<ImageError>,
+    pub(crate) zero: ZeroMap,
+    pub(crate) cache: BlockCache,
+    pub(crate) size: u64,
+    pub(crate) zero_block: OnceLock<Block>,
+}
+
+/// A run of the exposed device that is either known to be zeros or holds data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset in the exposed device.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Known to read as zeros (a hole for sparse output and NBD block status).
+    pub zero: bool,
+}
+
+impl Core {
+    pub(crate) fn blocks(&self) -> Blocks<'_> {
+        Blocks {
+            source: &self.source,
+            layout: &self.layout,
+            index: &self.index,
+        }
+    }
+
+    pub(crate) fn block_size(&self) -> u32 {
+        self.layout.header.block_size
+    }
+
+    /// The block whose decoded bytes stand for `block` in the cache: back-references share the
+    /// entry of the block they point to.
+    pub(crate) fn cache_key(&self, block: u32) -> u32 {
+        match self.index.get(block as usize).map(|e| e.kind) {
+            Some(BlockKind::Shared { of }) => of,
+            _ => block,
+        }
+    }
+
+    /// A block of zeros, allocated once.
+    pub(crate) fn zero_block(&self) -> Block {
+        Arc::clone(self.zero_block.get_or_init(|| self.new_block()))
+    }
+
+    /// A fresh zeroed block-size buffer.
+    fn new_block(&self) -> Block {
+        std::iter::repeat_n(0u8, self.block_size() as usize).collect()
+    }
+
+    /// Decodes `block` into a new buffer, bypassing the cache.
+    pub(crate) fn decode_new(&self, block: u32) -> Result<Block, ImageError> {
+        let mut out = self.new_block();
+        match Arc::get_mut(&mut out) {
+            Some(buf) => self.blocks().decode(block, buf)?,
+            None => {
+                // Cannot happen for a fresh Arc; decode through a Vec all the same.
+                let mut buf = vec![0u8; self.block_size() as usize];
+                self.blocks().decode(block, &mut buf)?;
+                out = Arc::from(buf);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decoded block `block`, from the cache or decoded now (once, however many threads ask).
+    pub(crate) fn get_block(&self, block: u32) -> Result<Block, ImageError> {
+        if self.zero.is_zero(block) {
+            return Ok(self.zero_block());
+        }
+        let key = self.cache_key(block);
+        match self.cache.lookup(key) {
+            Lookup::Hit(found) => Ok(found),
+            Lookup::Owner(claim) => {
+                let result = self.decode_new(key);
+                claim.finish(result.as_ref().ok().cloned());
+                result
+            }
+            Lookup::Wait(pending) => {
+                if pending.claim() {
+                    let claim = self.cache.claimed(key, pending, false);
+                    let result = self.decode_new(key);
+                    claim.finish(result.as_ref().ok().cloned());
+                    result
+                } else if let Some(found) = pending.wait() {
+                    Ok(found)
+                } else {
+                    // The other decode failed: decode again to report the error ourselves.
+                    self.decode_new(key)
+                }
+            }
+        }
+    }
+}
+
+impl Image {
+    /// The path the image was opened from.
+    pub fn path(&self) -> &Path {
+        &self.core.path
+    }
+
+    /// Where header and index sit, the dialect and the file length.
+    pub fn layout(&self) -> &Layout {
+        &self.core.layout
+    }
+
+    /// The detected dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.core.layout.dialect
+    }
+
+    /// The validated block index.
+    pub fn index(&self) -> &BlockIndex {
+        &self.core.index
+    }
+
+    /// Uncompressed bytes per block.
+    pub fn block_size(&self) -> u32 {
+        self.core.block_size()
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> u32 {
+        self.core.layout.header.num_blocks
+    }
+
+    /// Length of the image file.
+    pub fn file_len(&self) -> u64 {
+        self.core.layout.file_len
+    }
+
+    /// mkmodule's trailer, when the image has one that belongs to its index.
+    pub fn trailer(&self) -> Option<&Trailer> {
+        self.core.trailer.as_ref()
+    }
+
+    /// What is wrong with the trailer, when there is one that cannot be used (corrupt checksum,
+    /// unknown layout, or an original length the blocks cannot hold). The image is still
+    /// readable; its exposed size is then the padded size.
+    pub fn trailer_problem(&self) -> Option<&ImageError> {
+        self.core.trailer_problem.as_ref()
+    }
+
+    /// Bytes readers see: [`Image::padded_size`] or, when opened with
+    /// [`crate::ExposedSize::Original`] and the trailer records it, the original length.
+    pub fn size(&self) -> u64 {
+        self.core.size
+    }
+
+    /// Blocks × block size: the device size every cloop reader exposes.
+    pub fn padded_size(&self) -> u64 {
+        self.core.layout.header.device_size()
+    }
+
+    /// The original input length recorded in a usable trailer.
+    pub fn original_size(&self) -> Option<u64> {
+        match (&self.core.trailer, &self.core.trailer_problem) {
+            (Some(trailer), None) => Some(trailer.original_len),
+            _ => None,
+        }
+    }
+
+    /// Whether block `block` is known to be all zeros (see the crate documentation).
+    pub fn is_zero_block(&self, block: u32) -> bool {
+        self.core.zero.is_zero(block)
+    }
+
+    /// How many blocks are known to be all zeros.
+    pub fn zero_blocks(&self) -> u64 {
+        self.core.zero.count()
+    }
+
+    /// Counters of the block cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.core.cache.stats()
+    }
+
+    /// How many decoded blocks the cache can hold.
+    pub fn cache_capacity(&self) -> usize {
+        self.core.cache.capacity()
+    }
+
+    /// Blocks decoded ahead of a sequential reader (0 when read-ahead is off).
+    pub fn readahead_window(&self) -> u32 {
+        self.ahead.window()
+    }
+
+    /// The decoded block `block`, exactly one block size long (a short final block is
+    /// zero-filled), shared with the cache.
+    pub fn block(&self, block: u32) -> Result<Block, ImageError> {
+        if block >= self.num_blocks() {
+            return Err(ImageError::NoSuchBlock {
+                block: u64::from(block),
+                num_blocks: self.num_blocks(),
+            });
+        }
+        self.core.get_block(block)
+    }
+
+    /// Asks the read-ahead pool to decode the blocks under `[offset, offset + len)` in the
+    /// background (a hint, e.g. NBD's `CACHE` command). At most one read-ahead window of blocks
+    /// is queued per call, so a huge hint cannot flush the cache; nothing happens when
+    /// read-ahead is off.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let size = self.size();
+        let window = self.ahead.window();
+        if len == 0 || offset >= size || window == 0 {
+            return;
+        }
+        let bs = u64::from(self.block_size());
+        let end = offset.saturating_add(len).min(size);
+        let first = (offset / bs) as u32;
+        let last = ((end - 1) / bs) as u32;
+        let last = last.min(first.saturating_add(window - 1));
+        self.ahead.queue(&self.core, first..=last);
+    }
+
+    /// The zero and data runs of `[offset, offset + len)`, clipped to the exposed size, in
+    /// order and merged. At most [`MAX_EXTENTS`] runs are returned, so the result may cover
+    /// less than asked (as NBD block status allows); it covers at least one byte when the range
+    /// starts inside the image.
+    pub fn extents(&self, offset: u64, len: u64) -> Vec<Extent> {
+        let size = self.size();
+        let end = offset.saturating_add(len).min(size);
+        let mut out: Vec<Extent> = Vec::new();
+        if offset >= end {
+            return out;
+        }
+        let bs = u64::from(self.block_size());
+        let mut at = offset;
+        while at < end {
+            let block = at / bs;
+            let block_end = ((block + 1) * bs).min(end);
+            let zero = self.core.zero.is_zero(block as u32);
+            match out.last_mut() {
+                Some(last) if last.zero == zero => last.len += block_end - at,
+                _ => {
+                    if out.len() == MAX_EXTENTS {
+                        break;
+                    }
+                    out.push(Extent {
+                        offset: at,
+                        len: block_end - at,
+                        zero,
+                    });
+                }
+            }
+            at = block_end;
+        }
+        out
+    }
+
+    /// Every byte range of the exposed device known to be zeros, merged.
+    pub fn zero_extents(&self) -> Vec<Range<u64>> {
+        let bs = u64::from(self.block_size());
+        let size = self.size();
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for block in 0..self.num_blocks() {
+            if !self.core.zero.is_zero(block) {
+                continue;
+            }
+            let start = u64::from(block) * bs;
+            let end = (start + bs).min(size);
+            if start >= end {
+                break;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => out.push(start..end),
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("path", &self.core.path)
+            .field("dialect", &self.core.layout.dialect)
+            .field("block_size", &self.block_size())
+            .field("num_blocks", &self.num_blocks())
+            .field("size", &self.core.size)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,168 @@
+//! Opening an image: detect the dialect, read and validate the index and trailer, find the zero
+//! blocks, set up cache and read-ahead. No byte is served before all of that succeeded.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use mkmodule_format::{detect, find_trailer, BlockIndex, PROBE_LEN};
+
+use crate::cache::BlockCache;
+use crate::decode::Blocks;
+use crate::image::{Core, Image};
+use crate::mmap::MappedFile;
+use crate::readahead::ReadAhead;
+use crate::source::{file_len, Source};
+use crate::zero_map::ZeroMap;
+use crate::ImageError;
+
+/// Which size an image exposes to readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExposedSize {
+    /// Blocks × block size: what every cloop reader exposes (Linux, qemu, FreeBSD). The default.
+    #[default]
+    Padded,
+    /// The exact original input length when mkmodule's trailer records it, else as `Padded`.
+    Original,
+}
+
+/// How to open an image; `OpenOptions::default()` suits most readers.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Byte limit of the cache of decoded blocks (default 32 MiB; 0 disables caching).
+    pub cache_bytes: u64,
+    /// Bytes to decode ahead of a sequential reader (default 4 MiB; 0 disables read-ahead).
+    /// Limited to half the cache, so blocks decoded ahead are not evicted before they are read.
+    pub readahead: u64,
+    /// Threads of the read-ahead pool, started on the first sequential read (default: the
+    /// number of cores, at most 8).
+    pub readahead_threads: usize,
+    /// Map the file into memory instead of reading it with `pread` (default off).
+    ///
+    /// Saves a copy per block, but the image must not change while it is open: if the file is
+    /// truncated, touching a mapped page past its new end raises `SIGBUS` and kills the process,
+    /// where `pread` would return an error naming the block.
+    pub mmap: bool,
+    /// Padded or original size (default padded).
+    pub exposed_size: ExposedSize,
+    /// Find blocks whose compressed bytes equal those of a decoded zero block (default on; the
+    /// cost is a few reads at open). Off: only zero-length blocks are known zero.
+    pub scan_zero_blocks: bool,
+}
+
+/// Default byte limit of the block cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+/// Default read-ahead in bytes.
+pub const DEFAULT_READAHEAD: u64 = 4 << 20;
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            readahead: DEFAULT_READAHEAD,
+            readahead_threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+            mmap: false,
+            exposed_size: ExposedSize::Padded,
+            scan_zero_blocks: true,
+        }
+    }
+}
+
+impl Image {
+    /// Opens an image with [`OpenOptions::default`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Image, ImageError> {
+        Image::open_with(path, &OpenOptions::default())
+    }
+
+    /// Opens an image: detects its dialect, reads and validates its index and trailer, and
+    /// finds its zero blocks, before serving a byte.
+    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image, ImageError> {
+        let path = path.as_ref();
+        let open_error = |source| ImageError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_error)?;
+        let len = file_len(&file).map_err(open_error)?;
+        let probe = PROBE_LEN.min(usize::try_from(len).unwrap_or(PROBE_LEN));
+        let head = read_at(&file, probe, 0)?;
+        let tail = read_at(&file, probe, len - probe as u64)?;
+        let layout = detect(&head, &tail, len)?;
+        let index_len = usize::try_from(layout.index_len()).map_err(|_| ImageError::Io {
+            offset: layout.index_offset,
+            len: layout.index_len(),
+            source: std::io::Error::other("the index does not fit in memory"),
+        })?;
+        let index_bytes = read_at(&file, index_len, layout.index_offset)?;
+        let index = BlockIndex::parse(&layout, &index_bytes)?;
+        drop(index_bytes);
+
+        let padded = layout.header.device_size();
+        let (trailer, trailer_problem) = match find_trailer(&layout, &index, &tail) {
+            Ok(Some(t)) if t.original_len > padded => {
+                let problem = ImageError::TrailerLength {
+                    original_len: t.original_len,
+                    padded,
+                };
+                (Some(t), Some(problem))
+            }
+            Ok(trailer) => (trailer, None),
+            Err(e) => (None, Some(ImageError::Format(e))),
+        };
+        let size = match (options.exposed_size, &trailer, &trailer_problem) {
+            (ExposedSize::Original, Some(t), None) => t.original_len,
+            _ => padded,
+        };
+
+        let source = if options.mmap {
+            Source::Mapped(MappedFile::map(&file).map_err(open_error)?)
+        } else {
+            Source::File(file)
+        };
+        let zero = ZeroMap::build(
+            Blocks {
+                source: &source,
+                layout: &layout,
+                index: &index,
+            },
+            options.scan_zero_blocks,
+        );
+        let block_size = layout.header.block_size;
+        let cache = BlockCache::new(options.cache_bytes, block_size);
+        let window = (options.readahead / u64::from(block_size))
+            .min(cache.capacity() as u64 / 2)
+            .min(u64::from(u32::MAX)) as u32;
+        let ahead = ReadAhead::new(window, options.readahead_threads);
+        let core = Core {
+            path: path.to_path_buf(),
+            source,
+            layout,
+            index,
+            trailer,
+            trailer_problem,
+            zero,
+            cache,
+            size,
+            zero_block: OnceLock::new(),
+        };
+        Ok(Image {
+            core: Arc::new(core),
+            ahead,
+        })
+    }
+}
+
+/// Reads `len` bytes at `offset` into a new buffer.
+fn read_at(file: &File, len: usize, offset: u64) -> Result<Vec<u8>, ImageError> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|source| ImageError::Io {
+            offset,
+            len: len as u64,
+            source,
+        })?;
+    Ok(buf)
+}

@@ -1,0 +1,388 @@
+//! The conveyor: a reader thread cuts the input into blocks, N compressor threads encode them,
+//! and the calling thread hands them to the writer in input order.
+//!
+//! ```text
+//!  reader --jobs (bounded)--> compressor 1..N --done--> reorder window --> writer callback
+//!    ^                                                                         |
+//!    +--------------------------- slot pool (K slots) <------------------------+
+//! ```
+//!
+//! A *slot* is one block's input buffer plus its output buffer. There are exactly K =
+//! threads x [`crate::SLOTS_PER_THREAD`] slots; the reader takes one before reading a block and
+//! the writer returns it after writing that block. So at most K blocks are in flight, the blocks
+//! in flight are always `next .. next + K`, and the reorder window is a ring of K places. Memory
+//! is K x (block size + largest compressed block) plus the codec contexts, whatever the input
+//! size. Nothing depends on which thread compresses which block, so the output does not depend on
+//! the thread count.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use sha2::{Digest, Sha256};
+
+use crate::encode::{BlockEncoder, Encoding};
+use crate::writer::DedupKey;
+use crate::zero::is_zero;
+use crate::{PackError, Plan};
+
+/// One block's buffers, recycled through the pool.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Uncompressed bytes (always `block_size` long).
+    pub input: Vec<u8>,
+    /// Compressed bytes.
+    pub output: Vec<u8>,
+}
+
+/// A block to compress.
+#[derive(Debug)]
+struct Job {
+    block: u64,
+    /// Input offset of the block.
+    offset: u64,
+    /// Real input bytes in the block.
+    real_len: usize,
+    /// Bytes to compress (`real_len`, or the block size when the final block is padded).
+    data_len: usize,
+    slot: Slot,
+}
+
+/// What a compressor made of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoded {
+    /// All zeros: no compression; the writer uses the precomputed zero block.
+    Zero,
+    /// Compressed into the slot's output.
+    Data(Encoding),
+}
+
+/// A compressed block on its way to the writer.
+#[derive(Debug)]
+pub(crate) struct Done {
+    /// Block number.
+    pub block: u64,
+    /// Real input bytes in the block.
+    pub real_len: usize,
+    /// How it was encoded.
+    pub encoded: Encoded,
+    /// Dedup key of the compressed bytes (dedup dialects only).
+    pub key: Option<DedupKey>,
+    /// The buffers; the output holds the compressed bytes.
+    pub slot: Slot,
+}
+
+/// What the reader saw of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputStats {
+    /// Exact input length.
+    pub len: u64,
+    /// Blocks produced.
+    pub blocks: u64,
+    /// SHA-256 of the input (when a trailer is written).
+    pub digest: Option<[u8; 32]>,
+}
+
+/// The dedup key of compressed bytes.
+pub(crate) fn dedup_key(bytes: &[u8]) -> DedupKey {
+    let digest = Sha256::digest(bytes);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// Runs the conveyor over `input`, calling `on_block` for every block in input order.
+pub(crate) fn run<R, F>(input: R, plan: &Plan, on_block: F) -> Result<InputStats, PackError>
+where
+    R: Read + Send,
+    F: FnMut(&Done) -> Result<(), PackError>,
+{
+    let slots = plan.slots();
+    let bs = plan.block_size as usize;
+    let (pool_tx, pool_rx) = bounded::<Slot>(slots);
+    for _ in 0..slots {
+        let slot = Slot {
+            input: vec![0; bs],
+            output: Vec::new(),
+        };
+        pool_tx
+            .send(slot)
+            .expect("the pool has room for every slot");
+    }
+    let (job_tx, job_rx) = bounded::<Job>(slots);
+    let (done_tx, done_rx) = unbounded::<Result<Done, PackError>>();
+    let cancel = AtomicBool::new(false);
+    let cancel = &cancel;
+    thread::scope(|s| {
+        let reader = thread::Builder::new()
+            .name("mkmodule-read".into())
+            .spawn_scoped(s, move || read_blocks(input, plan, pool_rx, job_tx, cancel))
+            .map_err(|_| PackError::Internal("cannot start the reader thread"));
+        let mut workers = Vec::with_capacity(plan.threads);
+        for i in 0..plan.threads {
+            let (jobs, done) = (job_rx.clone(), done_tx.clone());
+            let worker = thread::Builder::new()
+                .name(format!("mkmodule-zip{i}"))
+                .spawn_scoped(s, move || compress_blocks(plan, jobs, done));
+            workers.push(worker);
+        }
+        drop((job_rx, done_tx));
+        let written = write_in_order(done_rx, pool_tx, slots, on_block);
+        if written.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let read = match reader {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or(Err(PackError::Internal("the reader thread panicked"))),
+            Err(e) => Err(e),
+        };
+        let mut workers_ok = true;
+        for worker in workers {
+            workers_ok &= worker.map(|h| h.join().is_ok()).unwrap_or(false);
+        }
+        let written = written?;
+        let stats = read?;
+        if !workers_ok {
+            return Err(PackError::Internal("a compressor thread failed"));
+        }
+        if written != stats.blocks {
+            return Err(PackError::Internal("a compressor thread stopped early"));
+        }
+        Ok(stats)
+    })
+}
+
+/// Receives compressed blocks in any order and passes them on in input order, returning each
+/// slot to the pool once its block is written. Returns the number of blocks written.
+fn write_in_order<F>(
+    done: Receiver<Result<Done, PackError>>,
+    pool: Sender<Slot>,
+    window: usize,
+    mut on_block: F,
+) -> Result<u64, PackError>
+where
+    F: FnMut(&Done) -> Result<(), PackError>,
+{
+    let mut ring: Vec<Option<Done>> = (0..window).map(|_| None).collect();
+    let mut next = 0u64;
+    for result in done {
+        let block = result?;
+        let place = (block.block % window as u64) as usize;
+        debug_assert!(ring[place].is_none(), "more blocks in flight than slots");
+        ring[place] = Some(block);
+        loop {
+            let place = (next % window as u64) as usize;
+            let Some(ready) = ring[place].take() else {
+                break;
+            };
+            on_block(&ready)?;
+            next += 1;
+            // The reader may have stopped; a slot nobody takes is simply dropped.
+            let _ = pool.send(ready.slot);
+        }
+    }
+    if ring.iter().any(Option::is_some) {
+        return Err(PackError::Internal("a block is missing from the conveyor"));
+    }
+    Ok(next)
+}
+
+/// Reads `buf.len()` bytes unless the input ends first; returns the bytes read.
+fn fill(input: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<usize, PackError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(PackError::Read {
+                    offset: offset + got as u64,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// The reader thread: cuts the input into blocks, hashes it, checks the announced length.
+fn read_blocks<R: Read>(
+    mut input: R,
+    plan: &Plan,
+    pool: Receiver<Slot>,
+    jobs: Sender<Job>,
+    cancel: &AtomicBool,
+) -> Result<InputStats, PackError> {
+    let bs = plan.block_size as usize;
+    let mut hasher = plan.trailer.then(Sha256::new);
+    let mut offset = 0u64;
+    let mut block = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let want = match plan.input_len {
+            Some(len) => (len - offset).min(bs as u64) as usize,
+            None => bs,
+        };
+        let mut got = 0;
+        let mut slot = None;
+        if want > 0 {
+            let Ok(mut taken) = pool.recv() else {
+                break; // the writer stopped; it reports why
+            };
+            got = fill(&mut input, &mut taken.input[..want], offset)?;
+            slot = Some(taken);
+        }
+        if got < want {
+            if let Some(expected) = plan.input_len {
+                return Err(PackError::InputShorter {
+                    expected,
+                    actual: offset + got as u64,
+                });
+            }
+        }
+        if plan.input_len == Some(offset + got as u64) {
+            // Everything announced has been read: the input must end here.
+            let mut probe = [0u8; 1];
+            if fill(&mut input, &mut probe, offset + got as u64)? > 0 {
+                return Err(PackError::InputLonger {
+                    expected: offset + got as u64,
+                });
+            }
+        }
+        let last = got < bs || plan.input_len == Some(offset + got as u64);
+        if got == 0 && block > 0 {
+            break;
+        }
+        // An empty input still gets one (all-zero) block: Linux cannot attach 0 blocks.
+        let mut slot = match slot {
+            Some(slot) => slot,
+            None => match pool.recv() {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        if block >= plan.max_blocks {
+            return Err(PackError::TooManyBlocks {
+                max_blocks: plan.max_blocks,
+                block_size: plan.block_size,
+                dialect: plan.dialect,
+                reason: plan.limit_reason,
+            });
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&slot.input[..got]);
+        }
+        let data_len = if got == 0 || (last && plan.pad_final) {
+            slot.input[got..].fill(0);
+            bs
+        } else {
+            got
+        };
+        let job = Job {
+            block,
+            offset,
+            real_len: got,
+            data_len,
+            slot,
+        };
+        if jobs.send(job).is_err() {
+            break; // the compressors stopped; the writer reports why
+        }
+        block += 1;
+        offset += got as u64;
+        if last {
+            break;
+        }
+    }
+    Ok(InputStats {
+        len: offset,
+        blocks: block,
+        digest: hasher.map(|h| h.finalize().into()),
+    })
+}
+
+/// A compressor thread: one encoder, reused for every block it takes.
+fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, PackError>>) {
+    let mut encoder = match BlockEncoder::new(plan) {
+        Ok(encoder) => encoder,
+        Err((spec, source)) => {
+            let _ = done.send(Err(PackError::Compress {
+                block: 0,
+                offset: 0,
+                codec: spec.kind(),
+                source,
+            }));
+            return;
+        }
+    };
+    let bs = plan.block_size as usize;
+    for job in jobs {
+        let Job {
+            block,
+            offset,
+            real_len,
+            data_len,
+            mut slot,
+        } = job;
+        let data = &slot.input[..data_len];
+        let result = if is_zero(data) && (data_len == bs || plan.zero_length) {
+            Ok(Done {
+                block,
+                real_len,
+                encoded: Encoded::Zero,
+                key: None,
+                slot,
+            })
+        } else {
+            match encoder.encode(data, &mut slot.output) {
+                Ok(encoding) => Ok(Done {
+                    block,
+                    real_len,
+                    encoded: Encoded::Data(encoding),
+                    key: plan.dedup.then(|| dedup_key(&slot.output)),
+                    slot,
+                }),
+                Err(source) => Err(PackError::Compress {
+                    block,
+                    offset,
+                    codec: encoder.primary(),
+                    source,
+                }),
+            }
+        };
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// Compresses one all-zero block of the plan's block size with a fresh encoder.
+pub(crate) fn zero_block(plan: &Plan) -> Result<crate::writer::ZeroBlock, PackError> {
+    let mut encoder = BlockEncoder::new(plan).map_err(|(spec, source)| PackError::Compress {
+        block: 0,
+        offset: 0,
+        codec: spec.kind(),
+        source,
+    })?;
+    let zeros = vec![0u8; plan.block_size as usize];
+    let mut bytes = Vec::new();
+    let encoding = encoder
+        .encode(&zeros, &mut bytes)
+        .map_err(|source| PackError::Compress {
+            block: 0,
+            offset: 0,
+            codec: plan.candidates[0].kind(),
+            source,
+        })?;
+    let key = plan.dedup.then(|| dedup_key(&bytes));
+    Ok(crate::writer::ZeroBlock {
+        bytes,
+        encoding,
+        key,
+    })
+}

@@ -1,0 +1,228 @@
+//! Where the image goes and in what order its parts are written: in place (blocks, then header
+//! and index at the start), spooled (blocks to a scratch file, then everything front to back),
+//! or streamed (footer images: lead-in, blocks, index, header).
+
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+
+use mkmodule_format::{
+    header_first_data_start, is_header_first, DigestAlgorithm, Header, Trailer, HEADER_LEN,
+    PREAMBLE_LEN,
+};
+
+use crate::pipeline::{self, InputStats};
+use crate::writer::ImageBuilder;
+use crate::{PackError, Plan, ProgressEvent};
+
+/// Output buffer in front of the sink: coalesces small blocks (an all-zero block compresses to
+/// a few hundred bytes) into few large writes.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Something to write an image into that can seek (a file, a block device, a `Cursor`).
+pub trait SeekWrite: Write + Seek {}
+impl<T: Write + Seek + ?Sized> SeekWrite for T {}
+
+/// A scratch file for compressed blocks: written, rewound, read back.
+pub trait Spool: Read + Write + Seek {}
+impl<T: Read + Write + Seek + ?Sized> Spool for T {}
+
+/// Where the image goes.
+pub enum Sink<'a> {
+    /// A seekable output where the image starts at offset 0. Header-first images are written in
+    /// place: blocks first, then header and index at the start; this needs the block count up
+    /// front, i.e. [`crate::PackOptions::input_len`]. Footer images are written front to back.
+    Seekable(&'a mut dyn SeekWrite),
+    /// Any output plus a spool: for header-first images whose block count is unknown (a stream
+    /// without `--size`). The compressed blocks go to the spool; once all are there, header,
+    /// index and blocks are written to `output` front to back. The spool should be a file, never
+    /// memory: it holds the whole block area.
+    Spooled {
+        /// The image's destination (need not seek).
+        output: &'a mut dyn Write,
+        /// Scratch storage for the blocks, rewound before use.
+        spool: &'a mut dyn Spool,
+    },
+    /// A sequential output (a pipe): footer images only, whose index follows the blocks.
+    Stream(&'a mut dyn Write),
+}
+
+/// Writes the whole image into `sink`; returns what the reader saw, `index[n]` and the image
+/// length.
+pub(crate) fn write_image<R: Read + Send>(
+    input: R,
+    sink: Sink<'_>,
+    plan: &Plan,
+    builder: &mut ImageBuilder<'_>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<(InputStats, u64, u64), PackError> {
+    let header_first = is_header_first(plan.dialect);
+    Ok(match sink {
+        Sink::Seekable(out) if header_first => {
+            let Some(len) = plan.input_len else {
+                return Err(PackError::Sink(format!(
+                    "writing a {} image in place needs the input length up front (the index \
+                     comes before the blocks)",
+                    plan.dialect
+                )));
+            };
+            let n = plan.num_blocks_for(len);
+            let base = header_first_data_start(n as u32);
+            out.seek(SeekFrom::Start(base))
+                .map_err(|e| PackError::write("block 0", base, e))?;
+            let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
+            let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
+            let data_end = base + builder.data_len();
+            flush(body, "the last blocks", data_end)?;
+            progress(ProgressEvent::Finishing);
+            out.seek(SeekFrom::Start(0))
+                .map_err(|e| PackError::write("the header", 0, e))?;
+            let mut head = BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
+            write_head(plan, builder, &mut head)?;
+            flush(head, "the index", HEADER_LEN)?;
+            out.seek(SeekFrom::Start(data_end))
+                .map_err(|e| PackError::write("the trailer", data_end, e))?;
+            let image_len = write_tail(plan, &stats, data_end, &mut *out)?;
+            (stats, data_end, image_len)
+        }
+        Sink::Spooled { output, spool } if header_first => {
+            spool
+                .seek(SeekFrom::Start(0))
+                .map_err(|e| PackError::write("block 0 to the spool file", 0, e))?;
+            let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *spool);
+            let stats = run_blocks(input, plan, builder, &mut body, None, progress)?;
+            flush(
+                body,
+                "the last blocks to the spool file",
+                builder.data_len(),
+            )?;
+            progress(ProgressEvent::Finishing);
+            let base = header_first_data_start(builder.num_blocks() as u32);
+            let mut out = BufWriter::with_capacity(WRITE_BUFFER, &mut *output);
+            write_head(plan, builder, &mut out)?;
+            spool
+                .seek(SeekFrom::Start(0))
+                .map_err(|e| PackError::write("the blocks from the spool file", base, e))?;
+            let copied = io::copy(&mut (&mut *spool).take(builder.data_len()), &mut out)
+                .map_err(|e| PackError::write("the blocks from the spool file", base, e))?;
+            if copied != builder.data_len() {
+                return Err(PackError::write(
+                    "the blocks from the spool file",
+                    base + copied,
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the spool file is short"),
+                ));
+            }
+            let data_end = base + builder.data_len();
+            let image_len = write_tail(plan, &stats, data_end, &mut out)?;
+            flush(out, "the end of the image", data_end)?;
+            (stats, data_end, image_len)
+        }
+        Sink::Stream(_) if header_first => {
+            return Err(PackError::Sink(format!(
+                "a {} image cannot be streamed: its index comes before the blocks, so the \
+                 output must seek, or the blocks must be spooled",
+                plan.dialect
+            )))
+        }
+        Sink::Seekable(out) => write_footer(input, plan, builder, out, progress)?,
+        Sink::Spooled { output, .. } | Sink::Stream(output) => {
+            write_footer(input, plan, builder, output, progress)?
+        }
+    })
+}
+
+/// Runs the conveyor, writing each block through the builder.
+fn run_blocks<R: Read + Send>(
+    input: R,
+    plan: &Plan,
+    builder: &mut ImageBuilder<'_>,
+    body: &mut dyn Write,
+    base: Option<u64>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<pipeline::InputStats, PackError> {
+    pipeline::run(input, plan, |done| {
+        builder.push(done, body, base)?;
+        let counts = builder.counts();
+        progress(ProgressEvent::Blocks {
+            blocks: counts.blocks,
+            input_bytes: counts.input_bytes,
+            output_bytes: builder.data_len(),
+        });
+        Ok(())
+    })
+}
+
+fn flush<W: Write>(writer: BufWriter<W>, what: &str, offset: u64) -> Result<(), PackError> {
+    let mut inner = writer
+        .into_inner()
+        .map_err(|e| PackError::write(what, offset, e.into_error()))?;
+    inner.flush().map_err(|e| PackError::write(what, offset, e))
+}
+
+/// Header and index of a header-first image.
+fn write_head(
+    plan: &Plan,
+    builder: &ImageBuilder<'_>,
+    out: &mut dyn Write,
+) -> Result<(), PackError> {
+    let n = builder.num_blocks() as u32;
+    let header = Header {
+        block_size: plan.block_size,
+        num_blocks: n,
+    };
+    out.write_all(&header.encode(plan.dialect))
+        .map_err(|e| PackError::write("the header", 0, e))?;
+    builder.write_index(header_first_data_start(n), HEADER_LEN, out)
+}
+
+/// What follows `index[n]` in a header-first image: padding and trailer, or the padding to
+/// 512 of uzip images, or nothing. Returns the image length.
+fn write_tail<W: Write + ?Sized>(
+    plan: &Plan,
+    stats: &pipeline::InputStats,
+    data_end: u64,
+    out: &mut W,
+) -> Result<u64, PackError> {
+    let mut tail = Vec::new();
+    if plan.trailer {
+        let trailer = Trailer {
+            original_len: stats.len,
+            digest_algorithm: DigestAlgorithm::Sha256,
+            digest: stats.digest.map(|d| d.to_vec()).unwrap_or_default(),
+            data_end,
+            tool: plan.tool.clone(),
+        };
+        tail.resize(Trailer::padding_before(data_end) as usize, 0);
+        tail.extend_from_slice(&trailer.encode());
+    } else if plan.dialect.spec().short_final_block {
+        tail.resize(((512 - data_end % 512) % 512) as usize, 0);
+    }
+    out.write_all(&tail)
+        .map_err(|e| PackError::write("the trailer", data_end, e))?;
+    Ok(data_end + tail.len() as u64)
+}
+
+/// A footer image, front to back: lead-in, blocks, index, header.
+fn write_footer<R: Read + Send, W: Write + ?Sized>(
+    input: R,
+    plan: &Plan,
+    builder: &mut ImageBuilder<'_>,
+    out: &mut W,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<(pipeline::InputStats, u64, u64), PackError> {
+    let base = PREAMBLE_LEN as u64;
+    let mut body = BufWriter::with_capacity(WRITE_BUFFER, out);
+    body.write_all(&mkmodule_format::Dialect::footer_lead_in())
+        .map_err(|e| PackError::write("the lead-in", 0, e))?;
+    let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
+    progress(ProgressEvent::Finishing);
+    let data_end = base + builder.data_len();
+    builder.write_index(base, data_end, &mut body)?;
+    let header = Header {
+        block_size: plan.block_size,
+        num_blocks: builder.num_blocks() as u32,
+    };
+    let header_at = data_end + header.index_len();
+    body.write_all(&header.encode(plan.dialect))
+        .map_err(|e| PackError::write("the header", header_at, e))?;
+    flush(body, "the header", header_at)?;
+    Ok((stats, data_end, header_at + HEADER_LEN))
+}

@@ -1,0 +1,23 @@
+#!/bin/sh
+# dracut netroot handler (/sbin/mkmodulenbdroot NETIF NETROOT NEWROOT), run once
+# the network is up: connects the NBD device with /sbin/mkmodule-nbdroot and lets
+# udev link it to /dev/root for rootfs-block to mount.
+
+type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+[ "${2%%:*}" = mkmodulenbd ] || exit 1
+
+dev=$(/sbin/mkmodule-nbdroot device) || exit 1
+name=${dev#/dev/}
+printf 'KERNEL=="%s", ENV{DEVTYPE}!="partition", ENV{ID_FS_TYPE}=="?*", SYMLINK+="root"\n' "$name" \
+    >/etc/udev/rules.d/99-mkmodule-nbd-root.rules
+udevadm control --reload
+
+/sbin/mkmodule-nbdroot connect || exit 1
+
+# NBD sends no uevent when it gets connected: ask for one, so udev probes the filesystem.
+echo change >"/sys/block/$name/uevent"
+udevadm settle
+need_shutdown
+exit 0

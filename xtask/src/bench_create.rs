@@ -1,0 +1,269 @@
+//! `cargo xtask bench-create [--runs N] [CORPUS_FILE...]`: mkmodule create against its peers,
+//! on the same input, in one run.
+//!
+//! For each corpus file (default: `rootfs.ext4` and `live.iso` from `$CORPUS`, else `../corpus`,
+//! as made by `shared/tools/make-corpus.sh`) it runs, with a warm page cache:
+//!
+//! * `create_compressed_fs -q -t 2 -L 9 -B 64K IN OUT` (the reference),
+//! * `mkmodule IN -o OUT` (portable profile: v2, zlib at the default level, 64 KiB blocks),
+//! * `cat IN | mkmodule - -o OUT` (the same from a pipe: blocks spooled, memory still bounded),
+//! * `mkmodule IN -o OUT -c zstd` (uzip-zstd at the default level),
+//! * `qemu-img convert -c -O qcow2 -o compression_type=zstd -m 2 -W IN OUT`,
+//!
+//! each under `/usr/bin/time` for wall time, CPU time and peak RSS, and prints a table with the
+//! ratios the create issue sets as targets: portable zlib at least 6x faster than
+//! create_compressed_fs and no larger; zstd twice as fast as qemu-img's qcow2 zstd and no larger;
+//! peak RSS under 64 MiB. With `--runs N` each tool runs N times and the median wall time counts.
+//! Outputs go to `target/bench-create/` and are removed after each run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// One measured run of one tool.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    wall: f64,
+    cpu: f64,
+    rss_kib: u64,
+    out_bytes: u64,
+}
+
+/// A tool to measure: its label and how to run it (`{IN}` and `{OUT}` are substituted).
+struct Tool {
+    label: &'static str,
+    shell: String,
+}
+
+/// Runs the benchmark; `args` are the words after `bench-create`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut runs = 1usize;
+    let mut files = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--runs" => {
+                runs = words
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--runs needs a positive number")?;
+            }
+            other => files.push(PathBuf::from(other)),
+        }
+    }
+    if files.is_empty() {
+        let corpus = std::env::var_os("CORPUS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("../corpus"));
+        files = ["rootfs.ext4", "live.iso"]
+            .iter()
+            .map(|f| corpus.join(f))
+            .filter(|p| p.is_file())
+            .collect();
+        if files.is_empty() {
+            bail!(
+                "no corpus in {}: make one with `CORPUS={} bash ../shared/tools/make-corpus.sh` \
+                 or name a file: cargo xtask bench-create FILE",
+                corpus.display(),
+                corpus.display()
+            );
+        }
+    }
+    for tool in ["create_compressed_fs", "qemu-img", "/usr/bin/time"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            bail!("{tool} is missing: run scripts/install-deps.sh (and apt-get install time)");
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("bench-create: cargo build --release -p mkmodule");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "mkmodule"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p mkmodule failed");
+    }
+    let root = workspace_root()?;
+    let mkmodule = root.join("target/release/mkmodule");
+    let scratch = root.join("target/bench-create");
+    std::fs::create_dir_all(&scratch)?;
+    let mk = mkmodule.display().to_string();
+    let tools = [
+        Tool {
+            label: "create_compressed_fs -t 2 -L 9 -B 64K",
+            shell: "create_compressed_fs -q -t 2 -L 9 -B 64K {IN} {OUT}".into(),
+        },
+        Tool {
+            label: "mkmodule (v2 zlib, 64K)",
+            shell: format!("{mk} {{IN}} -o {{OUT}} -f -q"),
+        },
+        Tool {
+            label: "mkmodule (v2 zlib, 64K, stdin pipe)",
+            shell: format!("cat {{IN}} | {mk} - -o {{OUT}} -f -q"),
+        },
+        Tool {
+            label: "mkmodule -c zstd (uzip-zstd, 64K)",
+            shell: format!("{mk} {{IN}} -o {{OUT}} -f -q -c zstd"),
+        },
+        Tool {
+            label: "qemu-img convert -c -O qcow2 zstd -m 2 -W",
+            shell: "qemu-img convert -c -O qcow2 -o compression_type=zstd -m 2 -W {IN} {OUT}"
+                .into(),
+        },
+    ];
+    for file in &files {
+        bench_file(file, &tools, runs, &scratch)?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn bench_file(input: &Path, tools: &[Tool], runs: usize, scratch: &Path) -> Result<()> {
+    let in_bytes = std::fs::metadata(input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .len();
+    eprintln!(
+        "bench-create: warming the page cache with {}",
+        input.display()
+    );
+    let _ = Command::new("cat")
+        .arg(input)
+        .stdout(Stdio::null())
+        .status();
+    // Round robin: a burst of background load hits every tool alike.
+    let mut measures: Vec<Vec<Measure>> = vec![Vec::new(); tools.len()];
+    for run in 0..runs {
+        for (tool, slot) in tools.iter().zip(measures.iter_mut()) {
+            eprintln!("bench-create: {} (run {}/{runs})", tool.label, run + 1);
+            slot.push(measure(tool, input, scratch)?);
+        }
+    }
+    let results: Vec<Measure> = measures
+        .into_iter()
+        .map(|mut m| {
+            m.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+            m[m.len() / 2]
+        })
+        .collect();
+    println!();
+    println!(
+        "input {} ({in_bytes} bytes), median of {runs} run(s), {} CPUs",
+        input.display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("| tool | wall s | cpu s | peak RSS MiB | output bytes | output/input |");
+    println!("|---|---|---|---|---|---|");
+    for (tool, m) in tools.iter().zip(&results) {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} | {} | {:.4} |",
+            tool.label,
+            m.wall,
+            m.cpu,
+            m.rss_kib as f64 / 1024.0,
+            m.out_bytes,
+            m.out_bytes as f64 / in_bytes as f64
+        );
+    }
+    let [ccfs, zlib, stdin, zstd, qemu] = results[..] else {
+        bail!("expected five measurements");
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!();
+    let speedup = ccfs.wall / zlib.wall;
+    println!(
+        "zlib vs create_compressed_fs: {speedup:.1}x faster (target >= 6x: {}), size {:.4}x \
+         (target <= 1: {})",
+        verdict(speedup >= 6.0),
+        zlib.out_bytes as f64 / ccfs.out_bytes as f64,
+        verdict(zlib.out_bytes <= ccfs.out_bytes)
+    );
+    let speedup = qemu.wall / zstd.wall;
+    println!(
+        "zstd vs qemu-img qcow2 zstd: {speedup:.1}x faster (target >= 2x: {}), size {:.4}x \
+         (target <= 1: {})",
+        verdict(speedup >= 2.0),
+        zstd.out_bytes as f64 / qemu.out_bytes as f64,
+        verdict(zstd.out_bytes <= qemu.out_bytes)
+    );
+    let peak = [zlib, stdin, zstd]
+        .iter()
+        .map(|m| m.rss_kib)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "mkmodule peak RSS {:.1} MiB (target < 64 MiB: {})",
+        peak as f64 / 1024.0,
+        verdict(peak < 64 * 1024)
+    );
+    Ok(())
+}
+
+/// Runs one tool under `/usr/bin/time` and removes its output afterwards.
+fn measure(tool: &Tool, input: &Path, scratch: &Path) -> Result<Measure> {
+    let out = scratch.join("out.img");
+    let times = scratch.join("time.txt");
+    let _ = std::fs::remove_file(&out);
+    let command = tool
+        .shell
+        .replace("{IN}", &shell_quote(input))
+        .replace("{OUT}", &shell_quote(&out));
+    // Time the last command of a pipeline (mkmodule reading the pipe), not `cat`.
+    let timed = match command.rsplit_once(" | ") {
+        Some((head, tail)) => format!(
+            "{head} | /usr/bin/time -f '%e %U %S %M' -o {} {tail}",
+            shell_quote(&times)
+        ),
+        None => format!(
+            "/usr/bin/time -f '%e %U %S %M' -o {} {command}",
+            shell_quote(&times)
+        ),
+    };
+    let status = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &timed])
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", tool.label))?;
+    if !status.success() {
+        bail!("{} failed ({status}): {timed}", tool.label);
+    }
+    let text = std::fs::read_to_string(&times)?;
+    let fields: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [wall, user, sys, rss] = fields[..] else {
+        bail!("cannot read /usr/bin/time's output: {text:?}");
+    };
+    let out_bytes = std::fs::metadata(&out)
+        .with_context(|| format!("{} wrote no output", tool.label))?
+        .len();
+    let _ = std::fs::remove_file(&out);
+    Ok(Measure {
+        wall,
+        cpu: user + sys,
+        rss_kib: rss as u64,
+        out_bytes,
+    })
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
