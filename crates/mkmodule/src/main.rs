@@ -36,7 +36,8 @@ enum Command {
     Extract(cmd::extract::Args),
     /// Decode every block and check the recorded digest; report each bad block.
     Verify(cmd::verify::Args),
-    /// Serve images over NBD (read-only), for qemu, nbd-client, nbdfuse and booting machines.
+    /// Serve images over NBD (read-only unless --cow), for qemu, nbd-client, nbdfuse and booting
+    /// machines.
     Serve(cmd::serve::Args),
     /// Fold a copy-on-write overlay (serve --cow FILE) and its image into a new image.
     Commit(cmd::commit::Args),
@@ -48,6 +49,10 @@ enum Command {
     Attach(cmd::attach::Args),
     /// Release a loop device made by `attach`.
     Detach(cmd::detach::Args),
+    /// Print the manual page (roff) or shell completions, made from this command line's own
+    /// definition.
+    #[command(name = "docs", hide = true)]
+    Docs(cmd::docs::Args),
     /// The background FUSE server of `mount` and `attach` (internal).
     #[command(name = "__fuse-daemon", hide = true)]
     FuseDaemon(cmd::fuse_daemon::Args),
@@ -67,6 +72,7 @@ impl Command {
             Command::Attach(args) => cmd::attach::run(args),
             Command::Detach(args) => cmd::detach::run(args),
             Command::FuseDaemon(args) => cmd::fuse_daemon::run(args),
+            Command::Docs(args) => cmd::docs::run(<Cli as clap::CommandFactory>::command(), args),
         }
     }
 }

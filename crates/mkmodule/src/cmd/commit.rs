@@ -44,7 +44,7 @@ pub struct Args {
 
     /// Dialect of the new image: auto, v2, v4, v4-footer, uzip, or a full name such as
     /// uzip-zstd (default: the image's own; a raw IMAGE gives v2).
-    #[arg(short = 'F', long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT")]
     format: Option<FormatChoice>,
 
     /// Block codec: zlib, xz, lz4, zstd, none, best, or CODEC:LEVEL (default: the image's
@@ -57,7 +57,7 @@ pub struct Args {
     block_size: Option<u64>,
 
     /// Compressor threads (default: one per core).
-    #[arg(short = 't', long, value_name = "N")]
+    #[arg(short = 'j', long, value_name = "N")]
     threads: Option<usize>,
 
     /// Leave out mkmodule's trailer (input length and SHA-256).

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod commit;
 pub mod create;
 pub mod detach;
+pub mod docs;
 pub mod extract;
 pub mod fuse_daemon;
 pub mod info;
