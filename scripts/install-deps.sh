@@ -25,3 +25,4 @@ if ((${#missing[@]})); then
 fi
 echo "install-deps: all of ${packages[*]} present"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-guest-kernel.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-fuzz.sh"

@@ -17,9 +17,11 @@
 //! Outputs go to `target/bench-create/` and are removed after each run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use crate::common::{corpus_dir, require_tools, shell_quote, time_shell, warm, workspace_root};
 
 /// One measured run of one tool.
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +56,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     if files.is_empty() {
-        let corpus = std::env::var_os("CORPUS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("../corpus"));
+        let corpus = corpus_dir();
         files = ["rootfs.ext4", "live.iso"]
             .iter()
             .map(|f| corpus.join(f))
@@ -71,17 +71,7 @@ pub fn run(args: &[String]) -> Result<()> {
             );
         }
     }
-    for tool in ["create_compressed_fs", "qemu-img", "/usr/bin/time"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            bail!("{tool} is missing: run scripts/install-deps.sh (and apt-get install time)");
-        }
-    }
+    require_tools(&["create_compressed_fs", "qemu-img", "/usr/bin/time"])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("bench-create: cargo build --release -p mkmodule");
     let status = Command::new(&cargo)
@@ -125,14 +115,6 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> Result<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .context("xtask has no parent directory")
-}
-
 fn bench_file(input: &Path, tools: &[Tool], runs: usize, scratch: &Path) -> Result<()> {
     let in_bytes = std::fs::metadata(input)
         .with_context(|| format!("cannot read {}", input.display()))?
@@ -141,10 +123,7 @@ fn bench_file(input: &Path, tools: &[Tool], runs: usize, scratch: &Path) -> Resu
         "bench-create: warming the page cache with {}",
         input.display()
     );
-    let _ = Command::new("cat")
-        .arg(input)
-        .stdout(Stdio::null())
-        .status();
+    warm(input);
     // Round robin: a burst of background load hits every tool alike.
     let mut measures: Vec<Vec<Measure>> = vec![Vec::new(); tools.len()];
     for run in 0..runs {
@@ -216,54 +195,20 @@ fn bench_file(input: &Path, tools: &[Tool], runs: usize, scratch: &Path) -> Resu
 /// Runs one tool under `/usr/bin/time` and removes its output afterwards.
 fn measure(tool: &Tool, input: &Path, scratch: &Path) -> Result<Measure> {
     let out = scratch.join("out.img");
-    let times = scratch.join("time.txt");
     let _ = std::fs::remove_file(&out);
     let command = tool
         .shell
         .replace("{IN}", &shell_quote(input))
         .replace("{OUT}", &shell_quote(&out));
-    // Time the last command of a pipeline (mkmodule reading the pipe), not `cat`.
-    let timed = match command.rsplit_once(" | ") {
-        Some((head, tail)) => format!(
-            "{head} | /usr/bin/time -f '%e %U %S %M' -o {} {tail}",
-            shell_quote(&times)
-        ),
-        None => format!(
-            "/usr/bin/time -f '%e %U %S %M' -o {} {command}",
-            shell_quote(&times)
-        ),
-    };
-    let status = Command::new("bash")
-        .args(["-o", "pipefail", "-c", &timed])
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {}", tool.label))?;
-    if !status.success() {
-        bail!("{} failed ({status}): {timed}", tool.label);
-    }
-    let text = std::fs::read_to_string(&times)?;
-    let fields: Vec<f64> = text
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let [wall, user, sys, rss] = fields[..] else {
-        bail!("cannot read /usr/bin/time's output: {text:?}");
-    };
+    let timed = time_shell(tool.label, &command)?;
     let out_bytes = std::fs::metadata(&out)
         .with_context(|| format!("{} wrote no output", tool.label))?
         .len();
     let _ = std::fs::remove_file(&out);
     Ok(Measure {
-        wall,
-        cpu: user + sys,
-        rss_kib: rss as u64,
+        wall: timed.wall,
+        cpu: timed.cpu,
+        rss_kib: timed.rss_kib,
         out_bytes,
     })
-}
-
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }

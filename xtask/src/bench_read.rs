@@ -19,12 +19,11 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench_serve::default_corpus_file;
+use crate::common::{default_corpus_file, median, time_command};
 use crate::{cargo, run};
 
 const ROUNDS: usize = 3;
@@ -217,50 +216,26 @@ pub fn bench_read(raw: Option<PathBuf>) -> Result<()> {
 fn time_rounds(tools: &[Tool<'_>], output: Option<&Path>) -> Result<Vec<(f64, f64)>> {
     let mut walls = vec![Vec::new(); tools.len()];
     let mut cpus = vec![Vec::new(); tools.len()];
-    let cpu_file = std::env::temp_dir().join(format!("bench-read-{}.time", std::process::id()));
     for _ in 0..ROUNDS {
         for (k, (name, make)) in tools.iter().enumerate() {
             if let Some(out) = output {
                 let _ = std::fs::remove_file(out);
             }
             Command::new("sync").status().context("running sync")?;
-            let inner = make();
-            let mut command = Command::new("/usr/bin/time");
-            command
-                .args(["-f", "%U %S", "-o"])
-                .arg(&cpu_file)
-                .arg(inner.get_program())
-                .args(inner.get_args())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let start = Instant::now();
-            let status = command
-                .status()
-                .with_context(|| format!("running {name} under /usr/bin/time"))?;
-            let wall = start.elapsed().as_secs_f64();
-            if !status.success() {
-                bail!("{name} failed ({status})");
-            }
-            let cpu: f64 = std::fs::read_to_string(&cpu_file)?
-                .split_whitespace()
-                .filter_map(|t| t.parse::<f64>().ok())
-                .sum();
-            eprintln!("bench-read: {name}: {wall:.2} s wall, {cpu:.2} s cpu");
-            walls[k].push(wall);
-            cpus[k].push(cpu);
+            let timed = time_command(name, &make())?;
+            eprintln!(
+                "bench-read: {name}: {:.2} s wall, {:.2} s cpu",
+                timed.wall, timed.cpu
+            );
+            walls[k].push(timed.wall);
+            cpus[k].push(timed.cpu);
         }
     }
-    let _ = std::fs::remove_file(&cpu_file);
     Ok(walls
         .into_iter()
         .map(median)
         .zip(cpus.into_iter().map(median))
         .collect())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Runs the read_bench example and returns its `key=value` line.

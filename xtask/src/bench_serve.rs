@@ -8,136 +8,21 @@
 //! to `null:` (sequential MiB/s) and fio's nbd engine, 4 KiB random reads at queue depth 32
 //! (IOPS). The output is a markdown table with ratios.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
+use crate::common::{
+    default_corpus_file, measure_server, start_server, ServeFigures, ServerProcess,
+};
 use crate::{cargo, run};
 
 const ROUNDS: usize = 3;
 const FIO_SECONDS: u32 = 10;
 
-/// Where a raw benchmark input is looked for when none is given.
-pub fn default_corpus_file(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CORPUS").map_or_else(|| PathBuf::from("../corpus"), PathBuf::from);
-    dir.join(name)
-}
-
-/// A server process under test, killed by its own id when dropped.
-struct ServerProcess {
-    label: String,
-    child: Child,
-    uri: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(port: u16, child: &mut Child) -> Result<()> {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!("server exited before listening ({status})");
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("server did not listen on port {port} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn start(
-    label: &str,
-    program: &str,
-    args: &[String],
-    port: u16,
-    export: &str,
-) -> Result<ServerProcess> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    wait_for_port(port, &mut child)?;
-    Ok(ServerProcess {
-        label: label.to_string(),
-        child,
-        uri: format!("nbd://127.0.0.1:{port}/{export}"),
-    })
-}
-
-/// Seconds for nbdcopy to read the whole export.
-fn nbdcopy_seconds(uri: &str) -> Result<f64> {
-    let start = Instant::now();
-    run(Command::new("nbdcopy").arg(uri).arg("null:"))?;
-    Ok(start.elapsed().as_secs_f64())
-}
-
-/// IOPS of fio's nbd engine, 4 KiB random reads at queue depth 32.
-fn fio_iops(uri: &str, scratch: &Path) -> Result<f64> {
-    let out = scratch.join("fio.json");
-    run(Command::new("fio")
-        .args([
-            "--name=rr",
-            "--ioengine=nbd",
-            "--rw=randread",
-            "--bs=4k",
-            "--iodepth=32",
-        ])
-        .arg(format!("--uri={uri}"))
-        .args([
-            "--time_based=1",
-            &format!("--runtime={FIO_SECONDS}"),
-            "--output-format=json",
-        ])
-        .arg(format!("--output={}", out.display()))
-        .stdout(Stdio::null()))?;
-    let text = std::fs::read_to_string(&out)?;
-    // fio's JSON: jobs[0].read.iops; read it without a JSON dependency in xtask.
-    let at = text.find("\"iops\"").context("no iops in fio output")?;
-    let rest = &text[at + 6..];
-    let value: String = rest
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    value.parse().context("parsing fio iops")
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
-/// One server's medians.
-struct Figures {
-    label: String,
-    mib_per_s: f64,
-    iops: f64,
-}
-
-fn measure(server: &ServerProcess, size: u64, scratch: &Path) -> Result<Figures> {
-    let mut seq = Vec::new();
-    let mut iops = Vec::new();
-    for round in 1..=ROUNDS {
-        eprintln!("bench-serve: {} round {round}/{ROUNDS}", server.label);
-        seq.push(size as f64 / (1 << 20) as f64 / nbdcopy_seconds(&server.uri)?);
-        iops.push(fio_iops(&server.uri, scratch)?);
-    }
-    Ok(Figures {
-        label: server.label.clone(),
-        mib_per_s: median(seq),
-        iops: median(iops),
-    })
+fn measure(server: &ServerProcess, size: u64, scratch: &Path) -> Result<ServeFigures> {
+    measure_server(server, size, ROUNDS, FIO_SECONDS, scratch)
 }
 
 /// Runs the benchmark.
@@ -178,7 +63,7 @@ pub fn bench_serve(raw: Option<PathBuf>) -> Result<()> {
     let s = |p: &Path| p.display().to_string();
     let mut rows = Vec::new();
     {
-        let server = start(
+        let server = start_server(
             "mkmodule serve (zlib cloop)",
             &s(&mkmodule),
             &[
@@ -193,7 +78,7 @@ pub fn bench_serve(raw: Option<PathBuf>) -> Result<()> {
         rows.push(measure(&server, zlib_size, &scratch)?);
     }
     {
-        let server = start(
+        let server = start_server(
             "qemu-nbd -r -f cloop (same file)",
             "qemu-nbd",
             &[
@@ -215,7 +100,7 @@ pub fn bench_serve(raw: Option<PathBuf>) -> Result<()> {
         rows.push(measure(&server, zlib_size, &scratch)?);
     }
     if zstd.exists() {
-        let server = start(
+        let server = start_server(
             "mkmodule serve (zstd uzip)",
             &s(&mkmodule),
             &[
@@ -234,7 +119,7 @@ pub fn bench_serve(raw: Option<PathBuf>) -> Result<()> {
         )?);
     }
     {
-        let server = start(
+        let server = start_server(
             "nbdkit file (raw, no decompression)",
             "nbdkit",
             &[

@@ -3,7 +3,10 @@
 mod bench_create;
 mod bench_read;
 mod bench_serve;
+mod common;
+mod compare;
 mod demo;
+mod fuzz;
 
 use std::process::Command;
 
@@ -12,7 +15,8 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci      cargo fmt --check, clippy with -D warnings, and the whole test suite
+  ci      cargo fmt --check, clippy with -D warnings, the whole test suite, then every fuzz
+          target for 30 s (needs cargo-fuzz: scripts/install-fuzz.sh)
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
           with qemu-img and extract_compressed_fs
   bench-create [--runs N] [CORPUS_FILE...]
@@ -22,7 +26,18 @@ tasks:
           extract vs extract_compressed_fs vs qemu-img; random read_at/s (zlib, zstd)
   bench-serve [RAW_IMAGE]
           NBD serving: mkmodule serve vs qemu-nbd -f cloop vs nbdkit (raw), nbdcopy and fio;
-          RAW_IMAGE defaults to $CORPUS/rootfs.ext4 (CORPUS defaults to ../corpus)";
+          RAW_IMAGE defaults to $CORPUS/rootfs.ext4 (CORPUS defaults to ../corpus)
+  compare [--rounds N] [--fio-seconds S]
+          mkmodule vs every peer on the corpus in one run (create vs create_compressed_fs,
+          mksquashfs, qemu-img -c; extract vs extract_compressed_fs, qemu-img; serve vs
+          qemu-nbd -f cloop, nbdkit raw and xz); markdown medians and ratios on stdout and in
+          target/compare.md; makes the corpus with ../shared/tools/make-corpus.sh if missing
+  fuzz [--time N] [TARGET...]
+          run every fuzz target (or the named ones) for N seconds each (default 60) with
+          cargo-fuzz on the stable toolchain; prints execs, exec/s and coverage per target and
+          fails on a crash (see fuzz/README.md)
+  fuzz-seeds
+          regenerate the seed corpora in fuzz/corpus/";
 
 fn main() -> Result<()> {
     // Tasks work from the workspace root whatever the caller's directory.
@@ -35,6 +50,9 @@ fn main() -> Result<()> {
         "bench-create" => bench_create::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench-read" => bench_read::bench_read(std::env::args_os().nth(2).map(Into::into)),
         "bench-serve" => bench_serve::bench_serve(std::env::args_os().nth(2).map(Into::into)),
+        "compare" => compare::compare(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fuzz-seeds" => fuzz::seeds(),
         _ => bail!("{USAGE}"),
     }
 }
@@ -57,7 +75,10 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo).args(args))
 }
 
-/// The full check CI runs: formatting, lints, then every test.
+/// Seconds each fuzz target runs in `ci` (7 targets: about 4 minutes, plus the fuzz build).
+const CI_FUZZ_SECONDS: u64 = 30;
+
+/// The full check CI runs: formatting, lints, every test, then a short run of every fuzz target.
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
@@ -69,5 +90,6 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace"])?;
+    fuzz::fuzz(&["--time".into(), CI_FUZZ_SECONDS.to_string()])?;
     Ok(())
 }

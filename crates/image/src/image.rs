@@ -130,7 +130,7 @@ impl Core {
 }
 
 impl Image {
-    /// The path the image was opened from.
+    /// The path the image was opened from (empty for [`Image::from_bytes`]).
     pub fn path(&self) -> &Path {
         &self.core.path
     }

@@ -23,6 +23,7 @@
 //!   nothing panics on a hostile file, and buffers are sized from the block size and the codec
 //!   bounds the format crate enforces.
 //! * **I/O** is `pread` by default; [`OpenOptions::mmap`] maps the file instead (see its risk).
+//!   [`Image::from_bytes`] reads an image held in memory, with the same checks.
 //! * **Cache**: decoded blocks live in a sharded LRU cache with a byte limit
 //!   ([`OpenOptions::cache_bytes`]); concurrent readers of one missing block share one decode.
 //! * **Read-ahead**: a reader moving from block `i` to `i + 1` gets the next blocks decoded on a

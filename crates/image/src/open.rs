@@ -2,11 +2,10 @@
 //! blocks, set up cache and read-ahead. No byte is served before all of that succeeded.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use mkmodule_format::{detect, find_trailer, BlockIndex, PROBE_LEN};
+use mkmodule_format::{detect, find_trailer, BlockIndex, Layout, Trailer, PROBE_LEN};
 
 use crate::cache::BlockCache;
 use crate::decode::Blocks;
@@ -87,40 +86,49 @@ impl Image {
         };
         let file = File::open(path).map_err(open_error)?;
         let len = file_len(&file).map_err(open_error)?;
-        let probe = PROBE_LEN.min(usize::try_from(len).unwrap_or(PROBE_LEN));
-        let head = read_at(&file, probe, 0)?;
-        let tail = read_at(&file, probe, len - probe as u64)?;
-        let layout = detect(&head, &tail, len)?;
-        let index_len = usize::try_from(layout.index_len()).map_err(|_| ImageError::Io {
-            offset: layout.index_offset,
-            len: layout.index_len(),
-            source: std::io::Error::other("the index does not fit in memory"),
-        })?;
-        let index_bytes = read_at(&file, index_len, layout.index_offset)?;
-        let index = BlockIndex::parse(&layout, &index_bytes)?;
-        drop(index_bytes);
-
-        let padded = layout.header.device_size();
-        let (trailer, trailer_problem) = match find_trailer(&layout, &index, &tail) {
-            Ok(Some(t)) if t.original_len > padded => {
-                let problem = ImageError::TrailerLength {
-                    original_len: t.original_len,
-                    padded,
-                };
-                (Some(t), Some(problem))
+        let source = Source::File(file);
+        let parsed = Parsed::read(&source, len)?;
+        let source = match source {
+            Source::File(file) if options.mmap => {
+                Source::Mapped(MappedFile::map(&file).map_err(open_error)?)
             }
-            Ok(trailer) => (trailer, None),
-            Err(e) => (None, Some(ImageError::Format(e))),
+            other => other,
         };
+        Ok(Image::assemble(path.to_path_buf(), source, parsed, options))
+    }
+
+    /// Opens an image held in memory, with the same checks as [`Image::open_with`].
+    ///
+    /// For images that do not live in a file: received over a network, embedded, or made by a
+    /// test or a fuzzer. [`Image::path`] is empty, and [`OpenOptions::mmap`] is ignored.
+    ///
+    /// ```
+    /// use mkmodule_image::{Image, ImageError, OpenOptions};
+    /// use mkmodule_format::FormatError;
+    ///
+    /// let err = Image::from_bytes(b"not an image".to_vec(), &OpenOptions::default()).unwrap_err();
+    /// assert!(matches!(err, ImageError::Format(FormatError::TooShort { .. })));
+    /// ```
+    pub fn from_bytes(bytes: Vec<u8>, options: &OpenOptions) -> Result<Image, ImageError> {
+        let len = bytes.len() as u64;
+        let source = Source::Memory(bytes);
+        let parsed = Parsed::read(&source, len)?;
+        Ok(Image::assemble(PathBuf::new(), source, parsed, options))
+    }
+
+    /// Builds the image from its validated parts: finds the zero blocks and sets up cache and
+    /// read-ahead.
+    fn assemble(path: PathBuf, source: Source, parsed: Parsed, options: &OpenOptions) -> Image {
+        let Parsed {
+            layout,
+            index,
+            trailer,
+            trailer_problem,
+        } = parsed;
+        let padded = layout.header.device_size();
         let size = match (options.exposed_size, &trailer, &trailer_problem) {
             (ExposedSize::Original, Some(t), None) => t.original_len,
             _ => padded,
-        };
-
-        let source = if options.mmap {
-            Source::Mapped(MappedFile::map(&file).map_err(open_error)?)
-        } else {
-            Source::File(file)
         };
         let zero = ZeroMap::build(
             Blocks {
@@ -137,7 +145,7 @@ impl Image {
             .min(u64::from(u32::MAX)) as u32;
         let ahead = ReadAhead::new(window, options.readahead_threads);
         let core = Core {
-            path: path.to_path_buf(),
+            path,
             source,
             layout,
             index,
@@ -148,17 +156,64 @@ impl Image {
             size,
             zero_block: OnceLock::new(),
         };
-        Ok(Image {
+        Image {
             core: Arc::new(core),
             ahead,
+        }
+    }
+}
+
+/// What is read and checked before an image serves a byte.
+struct Parsed {
+    layout: Layout,
+    index: BlockIndex,
+    trailer: Option<Trailer>,
+    trailer_problem: Option<ImageError>,
+}
+
+impl Parsed {
+    /// Detects the layout of the `len`-byte image in `source`, reads and validates its index
+    /// and looks for its trailer.
+    fn read(source: &Source, len: u64) -> Result<Parsed, ImageError> {
+        let probe = PROBE_LEN.min(usize::try_from(len).unwrap_or(PROBE_LEN));
+        let head = read_at(source, probe, 0)?;
+        let tail = read_at(source, probe, len - probe as u64)?;
+        let layout = detect(&head, &tail, len)?;
+        let index_len = usize::try_from(layout.index_len()).map_err(|_| ImageError::Io {
+            offset: layout.index_offset,
+            len: layout.index_len(),
+            source: std::io::Error::other("the index does not fit in memory"),
+        })?;
+        let index_bytes = read_at(source, index_len, layout.index_offset)?;
+        let index = BlockIndex::parse(&layout, &index_bytes)?;
+        drop(index_bytes);
+
+        let padded = layout.header.device_size();
+        let (trailer, trailer_problem) = match find_trailer(&layout, &index, &tail) {
+            Ok(Some(t)) if t.original_len > padded => {
+                let problem = ImageError::TrailerLength {
+                    original_len: t.original_len,
+                    padded,
+                };
+                (Some(t), Some(problem))
+            }
+            Ok(trailer) => (trailer, None),
+            Err(e) => (None, Some(ImageError::Format(e))),
+        };
+        Ok(Parsed {
+            layout,
+            index,
+            trailer,
+            trailer_problem,
         })
     }
 }
 
 /// Reads `len` bytes at `offset` into a new buffer.
-fn read_at(file: &File, len: usize, offset: u64) -> Result<Vec<u8>, ImageError> {
+fn read_at(source: &Source, len: usize, offset: u64) -> Result<Vec<u8>, ImageError> {
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)
+    source
+        .read_exact_at(&mut buf, offset)
         .map_err(|source| ImageError::Io {
             offset,
             len: len as u64,

@@ -1,4 +1,5 @@
-//! Where compressed bytes come from: positioned reads (`pread`) by default, or a memory map.
+//! Where compressed bytes come from: positioned reads (`pread`) by default, a memory map, or a
+//! buffer the caller handed over.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -12,6 +13,8 @@ pub(crate) enum Source {
     File(File),
     /// A read-only map of the whole file (see `OpenOptions::mmap` for its risk).
     Mapped(MappedFile),
+    /// The whole image in memory (`Image::from_bytes`).
+    Memory(Vec<u8>),
 }
 
 impl Source {
@@ -20,6 +23,7 @@ impl Source {
         match self {
             Source::File(file) => file_len(file),
             Source::Mapped(map) => Ok(map.bytes().len() as u64),
+            Source::Memory(bytes) => Ok(bytes.len() as u64),
         }
     }
 
@@ -29,6 +33,10 @@ impl Source {
             Source::File(file) => file.read_exact_at(buf, offset),
             Source::Mapped(map) => {
                 buf.copy_from_slice(slice(map.bytes(), offset, buf.len())?);
+                Ok(())
+            }
+            Source::Memory(bytes) => {
+                buf.copy_from_slice(slice(bytes, offset, buf.len())?);
                 Ok(())
             }
         }
@@ -53,6 +61,7 @@ impl Source {
                 Ok(f(buf))
             }
             Source::Mapped(map) => Ok(f(slice(map.bytes(), offset, len)?)),
+            Source::Memory(bytes) => Ok(f(slice(bytes, offset, len)?)),
         }
     }
 }
@@ -70,5 +79,10 @@ fn slice(bytes: &[u8], offset: u64, len: usize) -> io::Result<&[u8]> {
     usize::try_from(offset)
         .ok()
         .and_then(|start| bytes.get(start..start.checked_add(len)?))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the map"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            )
+        })
 }

@@ -49,6 +49,8 @@ enum Command {
     Attach(cmd::attach::Args),
     /// Release a loop device made by `attach`.
     Detach(cmd::detach::Args),
+    /// Sweep block sizes x codecs over your own data: size, speed, read latency, a pick.
+    Bench(cmd::bench::Args),
     /// Print the manual page (roff) or shell completions, made from this command line's own
     /// definition.
     #[command(name = "docs", hide = true)]
@@ -71,6 +73,7 @@ impl Command {
             Command::Umount(args) => cmd::umount::run(args),
             Command::Attach(args) => cmd::attach::run(args),
             Command::Detach(args) => cmd::detach::run(args),
+            Command::Bench(args) => cmd::bench::run(args),
             Command::FuseDaemon(args) => cmd::fuse_daemon::run(args),
             Command::Docs(args) => cmd::docs::run(<Cli as clap::CommandFactory>::command(), args),
         }

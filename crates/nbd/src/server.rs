@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -62,6 +63,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: ServerConfig) -> Shared {
+        Shared {
+            config: RwLock::new(Arc::new(config)),
+            reload: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+            stop: Mutex::new(None),
+            stop_cond: Condvar::new(),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(ConnTable::default()),
+            refused_warnings: AtomicU64::new(0),
+            bufs: Arc::new(BufPool::new(REPLY_BUFFER_POOL)),
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, ConnTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -172,18 +188,7 @@ impl Server {
             local_addrs.extend(l.local_addr());
         }
         let pool = Pool::new(config.workers).map_err(Error::Thread)?;
-        let shared = Arc::new(Shared {
-            config: RwLock::new(Arc::new(config)),
-            reload: Mutex::new(()),
-            stopping: AtomicBool::new(false),
-            stop: Mutex::new(None),
-            stop_cond: Condvar::new(),
-            active: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            table: Mutex::new(ConnTable::default()),
-            refused_warnings: AtomicU64::new(0),
-            bufs: Arc::new(BufPool::new(REPLY_BUFFER_POOL)),
-        });
+        let shared = Arc::new(Shared::new(config));
         let mut handle = ServerHandle {
             shared: Arc::clone(&shared),
             accept_threads: Vec::new(),
@@ -207,6 +212,51 @@ impl Server {
             }
         }
         Ok(handle)
+    }
+}
+
+impl Server {
+    /// Serves one client that is already connected on `stream`, on the calling thread, until
+    /// its connection ends: handshake, then transmission, with `config`'s exports, limits and
+    /// timeouts, exactly as a connection accepted by [`Server::start`].
+    ///
+    /// A worker pool of `config.workers` threads is started for this connection and stopped
+    /// before returning. Meant for a socket handed over by another process (one end of a
+    /// `socketpair`) and for tests and fuzzing, which drive the server with arbitrary client
+    /// bytes through [`UnixStream::pair`]: the call returns once the client has closed its end
+    /// (or the handshake timeout passed) and every request in flight was answered. Returns
+    /// why the connection ended, as the closing log line says it.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::sync::Arc;
+    /// use mkmodule_nbd::{null_logger, MemoryExport, Server, ServerConfig};
+    ///
+    /// let config = ServerConfig::new()
+    ///     .with_export("disk", "", Arc::new(MemoryExport::new(vec![0; 4096])))
+    ///     .with_workers(1)
+    ///     .with_logger(null_logger());
+    /// let (server_end, mut client) = UnixStream::pair()?;
+    /// client.write_all(&3u32.to_be_bytes())?; // client flags, then no option: EOF
+    /// client.shutdown(std::net::Shutdown::Write)?;
+    /// let reason = Server::serve_connection(config, server_end)?;
+    /// assert!(reason.contains("handshake failed"), "{reason}");
+    /// let mut greeting = Vec::new();
+    /// client.read_to_end(&mut greeting)?;
+    /// assert_eq!(&greeting[..8], b"NBDMAGIC");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn serve_connection(config: ServerConfig, stream: UnixStream) -> Result<String> {
+        config.validate()?;
+        let pool = Pool::new(config.workers).map_err(Error::Thread)?;
+        let shared = Shared::new(config);
+        let reason = match pool.sender() {
+            Some(jobs) => run_connection(&shared, Stream::Unix(stream), "unix:connection", jobs),
+            None => "worker pool stopped".to_string(),
+        };
+        pool.join();
+        Ok(reason)
     }
 }
 
@@ -266,7 +316,7 @@ fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>)
         .name("nbd-conn".into())
         .spawn(move || {
             let _guard = guard;
-            run_connection(&s, stream, peer, jobs);
+            run_connection(&s, stream, &peer, jobs);
         });
     match spawned {
         // If the thread already ended, `reap` removes this entry on its next pass.
@@ -278,15 +328,20 @@ fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>)
     }
 }
 
-fn run_connection(shared: &Shared, mut stream: Stream, peer: String, jobs: Sender<Job>) {
+/// Runs one connection to its end and logs its closing line; returns why it ended.
+fn run_connection(shared: &Shared, mut stream: Stream, peer: &str, jobs: Sender<Job>) -> String {
     // This connection's view of the exports, fixed from here on (see `Shared::config`).
     let snapshot = shared.config();
     let cfg = &*snapshot;
     let start = Instant::now();
-    let log = Arc::new(ConnLog::new(peer.clone(), cfg.logger.clone(), cfg.trace));
+    let log = Arc::new(ConnLog::new(
+        peer.to_string(),
+        cfg.logger.clone(),
+        cfg.trace,
+    ));
     let stats = Arc::new(Stats::default());
     let stopping = || shared.stopping.load(Ordering::SeqCst);
-    let (export_name, reason) = match handshake::negotiate(&mut stream, cfg, &peer, &stopping) {
+    let (export_name, reason) = match handshake::negotiate(&mut stream, cfg, peer, &stopping) {
         Ok(neg) => {
             let entry = &cfg.exports[neg.export];
             let ready = stream
@@ -333,6 +388,7 @@ fn run_connection(shared: &Shared, mut stream: Stream, peer: String, jobs: Sende
         stats.bytes_written.load(Ordering::Relaxed),
         stats.errors.load(Ordering::Relaxed),
     ));
+    reason
 }
 
 /// A running server: query it, stop it, wait for it.

@@ -1,6 +1,7 @@
 //! One module per command: each has its clap `Args` and a `run` function.
 
 pub mod attach;
+pub mod bench;
 pub mod commit;
 pub mod create;
 pub mod detach;
