@@ -248,10 +248,14 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
         )
     } else {
         format!(
-            "no combination readable by {} keeps the random-read p99 under {}; the fastest is \
-             {options} ({}, p99 {}, ratio {:.3}{estimate}): raise --max-latency or add smaller \
-             blocks or a faster codec",
-            need.describe(),
+            "no combination{} keeps the random-read p99 under {}; the fastest is {options} ({}, \
+             p99 {}, ratio {:.3}{estimate}): raise --max-latency or add smaller blocks or a \
+             faster codec",
+            if need == ReaderNeed::Any {
+                String::new()
+            } else {
+                format!(" readable by {}", need.describe())
+            },
             fmt_us(bound),
             c.dialect,
             fmt_us(c.read_p99_us),

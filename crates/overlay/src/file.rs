@@ -89,15 +89,21 @@ impl FileStore {
     }
 
     fn write_new(tmp: &Path, header: &Header) -> Result<(), OverlayError> {
-        let layout = Layout::new(u64::from(header.chunk_size), header.base_size);
         let io = |e| OverlayError::io("writing", tmp, e);
+        let layout =
+            Layout::new(u64::from(header.chunk_size), header.base_size).ok_or_else(|| {
+                io(io::Error::other(format!(
+                    "a base of {} bytes is too large for an overlay file",
+                    header.base_size
+                )))
+            })?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(tmp)
             .map_err(io)?;
-        file.write_all_at(&header.encode(), 0).map_err(io)?;
+        file.write_all_at(&header.encode(&layout), 0).map_err(io)?;
         let table = StateTable::new(layout.n_chunks);
         file.write_all_at(&encode_checkpoint(1, &table), layout.regions[0])
             .map_err(io)?;

@@ -37,8 +37,9 @@ pub const MAX_LABEL: usize = 1024;
 /// Smallest log area per region.
 const MIN_LOG: u64 = 1 << 20;
 
-fn align(n: u64, to: u64) -> u64 {
-    n.div_ceil(to) * to
+/// `n` rounded up to a multiple of `to`, or `None` past `u64::MAX`.
+fn align(n: u64, to: u64) -> Option<u64> {
+    n.div_ceil(to).checked_mul(to)
 }
 
 /// Where everything lives in an overlay file, derived from the chunk size and the base size.
@@ -63,16 +64,28 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout for a base of `base_size` bytes cut into `chunk_size` chunks.
-    pub fn new(chunk_size: u64, base_size: u64) -> Layout {
+    /// The layout for a base of `base_size` bytes cut into `chunk_size` chunks (a power of
+    /// two, see [`crate::check_chunk_size`]), or `None` when the file's offsets would not fit in
+    /// 64 bits.
+    ///
+    /// Fuzzing found that this was computed unchecked: a header with a valid checksum but a
+    /// base size near 2^64 (a damaged or crafted overlay file) overflowed and panicked while
+    /// the header was decoded, before the base size was compared with the base's. Every offset
+    /// of the file is now checked here, once, so everything derived from a layout fits.
+    pub fn new(chunk_size: u64, base_size: u64) -> Option<Layout> {
         let n_chunks = base_size.div_ceil(chunk_size);
         let data_offset = chunk_size.max(HEADER_LEN);
         let table_len = n_chunks.div_ceil(4);
-        let log_offset = align(CKPT_HEAD as u64 + table_len + 4, 4096);
-        let log_capacity = align(MIN_LOG.max(4 * table_len), 4096);
-        let first = align(data_offset + n_chunks * chunk_size, 4096);
-        let region_len = log_offset + log_capacity;
-        Layout {
+        let log_offset = align(CKPT_HEAD as u64 + table_len + 4, 4096)?;
+        let log_capacity = align(MIN_LOG.max(table_len.checked_mul(4)?), 4096)?;
+        let first = align(
+            data_offset.checked_add(n_chunks.checked_mul(chunk_size)?)?,
+            4096,
+        )?;
+        let region_len = log_offset.checked_add(log_capacity)?;
+        // The end of the second region, i.e. `file_len()`, must fit too.
+        first.checked_add(region_len)?.checked_add(region_len)?;
+        Some(Layout {
             chunk_size,
             base_size,
             n_chunks,
@@ -81,7 +94,7 @@ impl Layout {
             table_len,
             log_offset,
             log_capacity,
-        }
+        })
     }
 
     /// Length of the whole file.
@@ -120,9 +133,9 @@ pub enum HeaderProblem {
 }
 
 impl Header {
-    /// The 4 KiB header block.
-    pub fn encode(&self) -> Vec<u8> {
-        let layout = Layout::new(u64::from(self.chunk_size), self.base_size);
+    /// The 4 KiB header block, recording `layout` (the layout of this header's chunk size and
+    /// base size).
+    pub fn encode(&self, layout: &Layout) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_LEN as usize];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -167,7 +180,11 @@ impl Header {
             )));
         }
         let base_size = u64_at(b, 16);
-        let layout = Layout::new(u64::from(chunk_size), base_size);
+        let layout = Layout::new(u64::from(chunk_size), base_size).ok_or_else(|| {
+            HeaderProblem::Damaged(format!(
+                "base size {base_size} in the header is too large for an overlay file"
+            ))
+        })?;
         let recorded = (u64_at(b, 24), u64_at(b, 32), u64_at(b, 40), u64_at(b, 48));
         let expected = (
             layout.n_chunks,
@@ -399,7 +416,7 @@ mod tests {
     #[test]
     fn header_round_trip_and_damage() {
         let h = header();
-        let b = h.encode();
+        let b = h.encode(&Layout::new(u64::from(h.chunk_size), h.base_size).unwrap());
         let (back, layout) = Header::decode(&b).unwrap();
         assert_eq!(back, h);
         assert_eq!(layout.n_chunks, 160);

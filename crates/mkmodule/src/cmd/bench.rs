@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mkmodule_bench::report::fmt_us;
 use mkmodule_bench::{
     parse_duration, plan_cells, plot, size_label, Event, MeasureOptions, Phase, ReaderNeed,
     SampleSize, SweepConfig, DEFAULT_BLOCK_SIZES, DEFAULT_CODECS,
@@ -243,13 +244,13 @@ pub fn run(args: Args) -> Result<()> {
         Event::CellDone { result, .. } => {
             bar.inc(1);
             bar.println(format!(
-                "{} {}: ratio {:.3}, compress {:.0} MB/s, decode {:.0} MB/s, 4K read p99 {:.0} us",
+                "{} {}: ratio {:.3}, compress {:.0} MB/s, decode {:.0} MB/s, 4K read p99 {}",
                 result.codec,
                 size_label(result.block_size),
                 result.ratio,
                 result.compress_mb_s,
                 result.decode_mb_s,
-                result.read_p99_us
+                fmt_us(result.read_p99_us)
             ));
         }
     };

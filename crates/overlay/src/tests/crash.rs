@@ -160,7 +160,7 @@ fn damaged_checkpoints() {
     // Reopening wrote a checkpoint of generation 3 in one region; the other holds generation
     // 2 and its log with the write. Damage the newer one: the older one and its log still
     // give the same state.
-    let layout = crate::journal::Layout::new(u64::from(CHUNK), SIZE);
+    let layout = crate::journal::Layout::new(u64::from(CHUNK), SIZE).unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -126,3 +126,39 @@ fn trimmed_chunks_give_their_space_back() {
     o.read_at(&mut b, 8192).unwrap();
     assert!(b.iter().all(|&x| x == 0));
 }
+
+/// Regression (fuzz target `overlay_open`): a header whose checksum is valid but whose base
+/// size lies near 2^64 made the layout computation overflow and panic while the header was
+/// decoded. It must be refused as damaged, naming the size.
+#[test]
+fn a_header_with_a_base_size_near_2_pow_64_is_refused_as_damaged_not_a_panic() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.cow");
+    let base = super::base(65_536, 1);
+    drop(Overlay::create(&path, base.clone(), &options()).unwrap());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut header = vec![0u8; 4096];
+    file.read_exact_at(&mut header, 0).unwrap();
+    for base_size in [
+        u64::MAX,
+        u64::MAX - 4095,
+        0xffff_0000_0001_0000, // the fuzzer's input: the top 16 bits flipped
+        1 << 63,
+    ] {
+        header[16..24].copy_from_slice(&base_size.to_le_bytes());
+        let crc = crc32fast::hash(&header[..4092]);
+        header[4092..].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&header, 0).unwrap();
+        for read_only in [true, false] {
+            let err = Overlay::open(&path, base.clone(), &options().read_only(read_only))
+                .expect_err("a damaged header was accepted");
+            assert!(matches!(err, OverlayError::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains(&base_size.to_string()), "{err}");
+        }
+    }
+}
