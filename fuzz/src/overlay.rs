@@ -2,13 +2,14 @@
 //! damaged as the input says, with its checksums optionally recomputed so that the damage
 //! reaches the parsers behind them, then opened and used.
 //!
-//! Input: byte 0 is a set of flags, then 4-byte edits `[area, offset lo, offset hi, xor]`.
+//! Input: byte 0 is a set of flags, then 4-byte edits `[op, offset lo, offset hi, value]`.
 //!
 //! * flags 1: recompute the header CRC32 after the edits; 2: recompute both checkpoints'
 //!   CRC32; 4: recompute the CRC32 of every log record that still parses as one; 8: open for
 //!   writing (then write, trim and flush); 16: cut the file at the offset in the first edit.
-//! * area (mod 3): 0 the 4 KiB header, 1 the first 8 KiB of metadata region 0 (its checkpoint
-//!   and the start of its log), 2 the same of region 1.
+//! * op % 3 is the area: 0 the 4 KiB header, 1 the first 8 KiB of metadata region 0 (its
+//!   checkpoint and the start of its log), 2 the same of region 1. (op / 3) % 4 is what is done
+//!   at the offset: 0 and 1 xor the byte with the value, 2 set it, 3 fill 8 bytes with it.
 //!
 //! The file format is the one `crates/overlay/src/journal.rs` documents; this harness knows
 //! only where the checksums sit, so that a change there shows up as lost coverage, not as a
@@ -178,11 +179,20 @@ pub fn overlay_case(data: &[u8]) {
     let mut cut = None;
     for (k, edit) in edits.chunks_exact(4).enumerate() {
         let area = usize::from(edit[0] % 3);
-        let offset = usize::from(u16::from_le_bytes([edit[1], edit[2]])) % windows[area].len();
+        let window = &mut windows[area];
+        let offset = usize::from(u16::from_le_bytes([edit[1], edit[2]])) % window.len();
         if k == 0 && flags & 16 != 0 {
             cut = Some(t.windows[area].0 + offset);
         }
-        windows[area][offset] ^= edit[3];
+        match (edit[0] / 3) % 4 {
+            // Set one byte, or fill an 8-byte field: extreme counts, sizes and generations.
+            2 => window[offset] = edit[3],
+            3 => {
+                let end = (offset + 8).min(window.len());
+                window[offset..end].fill(edit[3]);
+            }
+            _ => window[offset] ^= edit[3],
+        }
     }
     if flags & 1 != 0 {
         let header = &mut windows[0];

@@ -224,10 +224,7 @@ fn run_target(bin_dir: &Path, target: &Target, seconds: u64) -> Result<Outcome> 
             .collect();
         inputs.sort();
         if !inputs.is_empty() {
-            let out = Command::new(&binary)
-                .args(&inputs)
-                .output()
-                .with_context(|| format!("running {}", binary.display()))?;
+            let out = run_binary(Command::new(&binary).args(&inputs))?;
             if !out.status.success() {
                 fs::write(&log_path, &out.stderr)?;
                 eprintln!("{}", tail(&String::from_utf8_lossy(&out.stderr), 40));
@@ -252,9 +249,7 @@ fn run_target(bin_dir: &Path, target: &Target, seconds: u64) -> Result<Outcome> 
         command.arg(format!("-dict=fuzz/dict/{dict}"));
     }
     eprintln!("xtask: {command:?}");
-    let out = command
-        .output()
-        .with_context(|| format!("running {}", binary.display()))?;
+    let out = run_binary(&mut command)?;
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     fs::write(&log_path, &log).with_context(|| format!("writing {}", log_path.display()))?;
     parse_stats(&log, &mut outcome);
@@ -263,6 +258,22 @@ fn run_target(bin_dir: &Path, target: &Target, seconds: u64) -> Result<Outcome> 
         eprintln!("{}", tail(&log, 60));
     }
     Ok(outcome)
+}
+
+/// Runs a fuzz binary to its end, capturing its output, then removes the scratch file the
+/// overlay target keeps (fuzz/src/overlay.rs), which is named after its process.
+fn run_binary(command: &mut Command) -> Result<std::process::Output> {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", command.get_program()))?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let _ = fs::remove_file(dir.join(format!("mkmodule-fuzz-overlay-{pid}.cow")));
+    }
+    Ok(out)
 }
 
 /// Reads libFuzzer's final statistics, its last status line and any crash path from its log.
@@ -405,8 +416,11 @@ pub fn seeds() -> Result<()> {
         put("nbd_server", name, &seed)?;
     }
 
-    // overlay_open: [flags, edits (area, offset lo, offset hi, xor)...].
-    let overlay_seeds: [(&str, &[u8]); 8] = [
+    // overlay_open: [flags, edits (op, offset lo, offset hi, value)...]; op % 3 is the area
+    // (header, region 0, region 1), (op / 3) % 4 the action (xor, xor, set, fill 8 bytes).
+    let overlay_seeds: [(&str, &[u8]); 10] = [
+        ("header-set-label-length", &[1, 6, 96, 0, 0xff]),
+        ("region-fill-count", &[2 | 4 | 8, 10, 0x04, 0x10, 0x01]),
         ("plain", &[0]),
         ("writable", &[8]),
         ("header-base-size", &[1, 0, 23, 0, 0x80]),

@@ -336,7 +336,13 @@ impl FileStore {
     /// and makes that region current with an empty log.
     fn checkpoint(&self, meta: &mut Meta, table: StateTable) -> io::Result<()> {
         let next = 1 - meta.active;
-        let generation = meta.generation + 1;
+        // Replay never yields u64::MAX (decode_checkpoint refuses it); checked all the same.
+        let generation = meta.generation.checked_add(1).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the checkpoint generation cannot grow any further",
+            )
+        })?;
         self.file.write_all_at(
             &encode_checkpoint(generation, &table),
             self.layout.regions[next],

@@ -291,11 +291,18 @@ pub fn encode_checkpoint(generation: u64, table: &StateTable) -> Vec<u8> {
 
 /// Decodes a checkpoint of a table of `n_chunks` chunks; `None` when it is torn, damaged or
 /// absent. `b` may run past the checkpoint.
+///
+/// A generation of `u64::MAX` counts as damaged: no writer gets there (generations count
+/// checkpoints), and fuzzing found that accepting it made the next checkpoint's generation
+/// overflow and panic when such a file was opened for writing.
 pub fn decode_checkpoint(b: &[u8], n_chunks: u64) -> Option<(u64, StateTable)> {
     if b.len() < CKPT_HEAD || b[0..8] != CKPT_MAGIC {
         return None;
     }
     let generation = u64_at(b, 8);
+    if generation == u64::MAX {
+        return None;
+    }
     let table_len = n_chunks.div_ceil(4) as usize;
     if u64_at(b, 16) != n_chunks || u64_at(b, 24) != table_len as u64 {
         return None;

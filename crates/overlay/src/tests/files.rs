@@ -162,3 +162,51 @@ fn a_header_with_a_base_size_near_2_pow_64_is_refused_as_damaged_not_a_panic() {
         }
     }
 }
+
+/// Regression (fuzz target `overlay_open`): a checkpoint with a valid checksum and generation
+/// `u64::MAX` was taken as current, and opening the file for writing then overflowed computing
+/// the next generation. Such a checkpoint counts as damaged: the other one is used, and with
+/// both so marked the file is refused.
+#[test]
+fn a_checkpoint_of_generation_u64_max_counts_as_damaged_not_a_panic() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.cow");
+    let base = super::base(65_536, 1);
+    let o = Overlay::create(&path, base.clone(), &options()).unwrap();
+    o.write_at(&[5; 100], 8192).unwrap();
+    drop(o);
+    // Reopening writes the next checkpoint into the other region: both regions hold one.
+    drop(open(&path, &base));
+    let layout = crate::journal::Layout::new(u64::from(CHUNK), 65_536).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let set_max_generation = |region: u64| {
+        let mut ckpt = vec![0u8; 32 + layout.table_len as usize + 4];
+        file.read_exact_at(&mut ckpt, region).unwrap();
+        ckpt[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let end = ckpt.len() - 4;
+        let crc = crc32fast::hash(&ckpt[..end]);
+        ckpt[end..].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&ckpt, region).unwrap();
+    };
+    set_max_generation(layout.regions[0]);
+    // The other checkpoint still holds the state: opening for writing works and keeps the data.
+    let o = open(&path, &base);
+    let mut b = [0u8; 100];
+    o.read_at(&mut b, 8192).unwrap();
+    assert_eq!(b, [5; 100]);
+    o.write_at(b"ok", 0).unwrap();
+    o.flush().unwrap();
+    drop(o);
+    set_max_generation(layout.regions[0]);
+    set_max_generation(layout.regions[1]);
+    for read_only in [false, true] {
+        let err = Overlay::open(&path, base.clone(), &options().read_only(read_only))
+            .expect_err("checkpoints of generation u64::MAX were accepted");
+        assert!(matches!(err, OverlayError::Corrupt { .. }), "{err}");
+    }
+}
