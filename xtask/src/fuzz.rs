@@ -55,6 +55,11 @@ const TARGETS: &[Target] = &[
         dict: None,
     },
     Target {
+        name: "read_adapter",
+        max_len: 256 << 10,
+        dict: Some("image.dict"),
+    },
+    Target {
         name: "decompress",
         max_len: 128 << 10,
         dict: None,
@@ -389,6 +394,42 @@ pub fn seeds() -> Result<()> {
             seed.extend_from_slice(edits);
             seed.extend_from_slice(&content[..content.len().min(3000 + 1500 * k)]);
             put("read_mutated", &format!("{}-{k}", dialect.name()), &seed)?;
+        }
+    }
+
+    // read_adapter: [flags, op count, ops (5 bytes each), image]: the images above, read
+    // through a script of reads and seeks, then both parallel passes.
+    let scripts: [(u8, &[[u8; 5]]); 3] = [
+        (
+            0,
+            &[[0, 0, 0, 0xff, 0x0f], [0, 0, 0, 0x10, 0], [3, 0, 0, 100, 0]],
+        ),
+        (
+            1 | 2 | 4 | 8,
+            &[
+                [1, 0, 0x80, 0, 0],
+                [0, 0, 0, 0xff, 0x3f],
+                [2, 0, 0x70, 0, 0],
+                [0, 0, 0, 1, 0],
+            ],
+        ),
+        (
+            16 | 8,
+            &[[5, 0, 0, 0, 0], [0, 0, 0, 0, 0x20], [1, 0xff, 0xff, 9, 0]],
+        ),
+    ];
+    for (name, image) in &images {
+        for (k, (flags, ops)) in scripts.iter().enumerate() {
+            // Every image once; small ones with every script (the seeds stay small).
+            if k > 0 && image.len() > 16 << 10 {
+                continue;
+            }
+            let mut seed = vec![*flags, ops.len() as u8];
+            for op in ops.iter() {
+                seed.extend_from_slice(op);
+            }
+            seed.extend_from_slice(image);
+            put("read_adapter", &format!("{name}-{k}"), &seed)?;
         }
     }
 

@@ -87,6 +87,52 @@ fn next_at_least(values: &[u64]) -> Vec<usize> {
     next
 }
 
+/// Checks one block entry (not `index[n]`) of `layout`'s index and splits it into offset and
+/// codec: the rules of pass 1 of [`BlockIndex::parse`].
+fn block_entry(layout: &Layout, block: u32, raw: u64) -> Result<(u64, CodecKind), FormatError> {
+    let dialect = layout.dialect;
+    let spec = dialect.spec();
+    let (data_start, data_limit) = layout.data_area();
+    if raw == u64::MAX {
+        return Err(FormatError::UnwrittenEntry { entry: block });
+    }
+    let flag = (raw >> 60) as u8;
+    let codec = if spec.codec_flags {
+        CodecKind::from_v4_flag(flag).ok_or(FormatError::UnknownCodecFlag { block, flag })?
+    } else if flag != 0 {
+        return Err(FormatError::FlagBitsSet {
+            block,
+            entry: raw,
+            dialect,
+        });
+    } else {
+        dialect.default_codec()
+    };
+    if !dialect.allows_codec(codec) {
+        return Err(FormatError::CodecNotAllowed {
+            block,
+            codec,
+            dialect,
+        });
+    }
+    let offset = raw & OFFSET_MASK;
+    if offset < data_start {
+        return Err(FormatError::OffsetBeforeData {
+            block,
+            offset,
+            data_start,
+        });
+    }
+    if offset > data_limit {
+        return Err(FormatError::OffsetPastEnd {
+            block,
+            offset,
+            limit: data_limit,
+        });
+    }
+    Ok((offset, codec))
+}
+
 impl BlockIndex {
     /// Parses and validates the index bytes of an image whose layout [`crate::detect`] found.
     ///
@@ -108,46 +154,7 @@ impl BlockIndex {
         let mut offsets = Vec::with_capacity(n + 1);
         let mut codecs = Vec::with_capacity(n);
         for i in 0..n {
-            let block = i as u32;
-            let raw = read_entry(index_bytes, i);
-            if raw == u64::MAX {
-                return Err(FormatError::UnwrittenEntry { entry: block });
-            }
-            let flag = (raw >> 60) as u8;
-            let codec = if spec.codec_flags {
-                CodecKind::from_v4_flag(flag)
-                    .ok_or(FormatError::UnknownCodecFlag { block, flag })?
-            } else if flag != 0 {
-                return Err(FormatError::FlagBitsSet {
-                    block,
-                    entry: raw,
-                    dialect,
-                });
-            } else {
-                dialect.default_codec()
-            };
-            if !dialect.allows_codec(codec) {
-                return Err(FormatError::CodecNotAllowed {
-                    block,
-                    codec,
-                    dialect,
-                });
-            }
-            let offset = raw & OFFSET_MASK;
-            if offset < data_start {
-                return Err(FormatError::OffsetBeforeData {
-                    block,
-                    offset,
-                    data_start,
-                });
-            }
-            if offset > data_limit {
-                return Err(FormatError::OffsetPastEnd {
-                    block,
-                    offset,
-                    limit: data_limit,
-                });
-            }
+            let (offset, codec) = block_entry(layout, i as u32, read_entry(index_bytes, i))?;
             offsets.push(offset);
             codecs.push(codec);
         }
@@ -246,6 +253,27 @@ impl BlockIndex {
             blocks,
             data_end,
         })
+    }
+
+    /// Checks the block entries in `bytes`, a piece of the index starting at entry `first`,
+    /// with the per-entry rules of [`BlockIndex::parse`] (flag bits, codec, offset inside the
+    /// data area); the end entry `index[n]` and partial entries are left for `parse`.
+    ///
+    /// A reader loading a large index piece by piece calls this on each piece before reading
+    /// the next, so a header claiming billions of blocks over a sparse (all-zero) index fails
+    /// at the first zero entry instead of after the whole index was read into memory. Every
+    /// index `parse` accepts passes this check, and the error is the one `parse` would give.
+    pub fn check_entries(layout: &Layout, first: u64, bytes: &[u8]) -> Result<(), FormatError> {
+        let n = u64::from(layout.header.num_blocks);
+        for (k, word) in bytes.chunks_exact(ENTRY_LEN as usize).enumerate() {
+            let i = first.saturating_add(k as u64);
+            if i >= n {
+                break;
+            }
+            let raw = u64::from_be_bytes(word.try_into().unwrap_or([0; 8]));
+            block_entry(layout, i as u32, raw)?;
+        }
+        Ok(())
     }
 
     /// Resolves `index[n]`, the end of the data; returns it and whether it was derived from the
@@ -410,4 +438,74 @@ pub const fn header_first_data_start(num_blocks: u32) -> u64 {
 /// Whether the header of `dialect` comes first in the file.
 pub fn is_header_first(dialect: Dialect) -> bool {
     dialect.spec().header_position == HeaderPosition::Start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect;
+
+    /// A header-first image of `dialect` with `entries` as its index and `data` filler bytes.
+    fn image(dialect: Dialect, entries: &[u64], data: usize) -> Vec<u8> {
+        let header = Header {
+            block_size: 4096,
+            num_blocks: entries.len() as u32 - 1,
+        };
+        let mut out = header.encode(dialect).to_vec();
+        for e in entries {
+            out.extend_from_slice(&e.to_be_bytes());
+        }
+        out.resize(out.len() + data, 0x78);
+        out
+    }
+
+    fn layout(bytes: &[u8]) -> Layout {
+        detect(bytes, bytes, bytes.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn check_entries_agrees_with_parse_piece_by_piece() {
+        let s = 136 + 8 * 4;
+        let good = image(Dialect::LinuxV2, &[s, s + 10, s + 20, s + 30], 30);
+        let l = layout(&good);
+        let index = &good[136..136 + 32];
+        assert!(BlockIndex::parse(&l, index).is_ok());
+        // Whole, in single entries, and with a piece cut mid-entry: all accepted.
+        assert_eq!(BlockIndex::check_entries(&l, 0, index), Ok(()));
+        for i in 0..4 {
+            assert_eq!(
+                BlockIndex::check_entries(&l, i, &index[8 * i as usize..][..8]),
+                Ok(())
+            );
+        }
+        assert_eq!(BlockIndex::check_entries(&l, 1, &index[8..21]), Ok(()));
+        // index[n] is not a block entry: garbage there is left for parse.
+        assert_eq!(BlockIndex::check_entries(&l, 3, &[0; 8]), Ok(()));
+    }
+
+    #[test]
+    fn check_entries_stops_a_zero_entry_with_parses_error() {
+        let s = 136 + 8 * 4;
+        let bad = image(Dialect::LinuxV2, &[s, s + 10, 0, s + 30], 30);
+        let l = layout(&bad);
+        let index = &bad[136..136 + 32];
+        let parsed = BlockIndex::parse(&l, index).unwrap_err();
+        assert_eq!(
+            parsed,
+            FormatError::OffsetBeforeData {
+                block: 2,
+                offset: 0,
+                data_start: s
+            }
+        );
+        assert_eq!(BlockIndex::check_entries(&l, 0, index), Err(parsed.clone()));
+        assert_eq!(
+            BlockIndex::check_entries(&l, 2, &index[16..24]),
+            Err(parsed)
+        );
+        assert_eq!(
+            BlockIndex::check_entries(&l, 0, &u64::MAX.to_be_bytes()),
+            Err(FormatError::UnwrittenEntry { entry: 0 })
+        );
+    }
 }

@@ -112,22 +112,24 @@ impl Lru {
         self.nodes[slot].value.clone()
     }
 
-    /// Stores `value` under `key`, evicting the least recently used entry when full.
-    fn insert(&mut self, key: u32, value: Block) {
+    /// Stores `value` under `key`, evicting the least recently used entry when full; returns
+    /// the block that left the cache, if any.
+    fn insert(&mut self, key: u32, value: Block) -> Option<Block> {
         if self.capacity == 0 {
-            return;
+            return Some(value);
         }
         if let Some(&slot) = self.map.get(&key) {
-            self.nodes[slot].value = Some(value);
+            let old = self.nodes[slot].value.replace(value);
             self.unlink(slot);
             self.push_front(slot);
-            return;
+            return old;
         }
+        let mut evicted = None;
         if self.map.len() >= self.capacity && self.tail != NIL {
             let victim = self.tail;
             self.unlink(victim);
             self.map.remove(&self.nodes[victim].key);
-            self.nodes[victim].value = None;
+            evicted = self.nodes[victim].value.take();
             self.free.push(victim);
         }
         let node = Node {
@@ -148,6 +150,7 @@ impl Lru {
         };
         self.push_front(slot);
         self.map.insert(key, slot);
+        evicted
     }
 
     fn unlink(&mut self, slot: usize) {
@@ -269,10 +272,16 @@ struct Shard {
     stats: CacheStats,
 }
 
+/// Most evicted buffers kept for reuse by later decodes.
+const MAX_SPARE: usize = 64;
+
 /// The sharded cache of decoded blocks of one image.
 pub(crate) struct BlockCache {
     shards: Box<[Mutex<Shard>]>,
     capacity: usize,
+    /// Evicted blocks nobody else holds: reused as decode buffers, which saves an allocation,
+    /// its page faults and the zeroing of a fresh buffer on every decode.
+    spare: Mutex<Vec<Block>>,
 }
 
 impl BlockCache {
@@ -298,6 +307,30 @@ impl BlockCache {
         BlockCache {
             capacity: per_shard * shards.len(),
             shards,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes that only this caller holds, with unspecified contents: the
+    /// caller overwrites every byte.
+    pub(crate) fn take_spare(&self, len: usize) -> Option<Block> {
+        let mut spare = lock(&self.spare);
+        while let Some(mut block) = spare.pop() {
+            if block.len() == len && Arc::get_mut(&mut block).is_some() {
+                return Some(block);
+            }
+        }
+        None
+    }
+
+    /// Keeps an evicted block for reuse when nobody else holds it.
+    fn recycle(&self, mut block: Block) {
+        if Arc::get_mut(&mut block).is_none() {
+            return; // a reader still uses it; it is freed when they drop it
+        }
+        let mut spare = lock(&self.spare);
+        if spare.len() < MAX_SPARE {
+            spare.push(block);
         }
     }
 
@@ -364,7 +397,7 @@ impl BlockCache {
     }
 
     fn complete(&self, block: u32, pending: &Arc<Pending>, value: Option<Block>, prefetch: bool) {
-        {
+        let evicted = {
             let mut shard = self.shard(block);
             if shard
                 .pending
@@ -373,16 +406,22 @@ impl BlockCache {
             {
                 shard.pending.remove(&block);
             }
-            if let Some(value) = &value {
-                shard.lru.insert(block, Arc::clone(value));
-                if prefetch {
-                    shard.stats.prefetched += 1;
-                } else {
-                    shard.stats.decoded += 1;
+            match &value {
+                Some(value) => {
+                    if prefetch {
+                        shard.stats.prefetched += 1;
+                    } else {
+                        shard.stats.decoded += 1;
+                    }
+                    shard.lru.insert(block, Arc::clone(value))
                 }
+                None => None,
             }
-        }
+        };
         pending.finish(value);
+        if let Some(old) = evicted {
+            self.recycle(old);
+        }
     }
 
     /// Counters summed over all shards.
@@ -425,6 +464,32 @@ mod tests {
         lru.insert(4, block(9));
         assert_eq!(&*lru.get(4).unwrap(), &[9, 9, 9, 9]);
         assert_eq!(lru.len(), 3);
+    }
+
+    #[test]
+    fn evicted_blocks_are_reused_only_when_nobody_holds_them() {
+        let cache = BlockCache::new(4, 4); // one shard of one entry
+        let fill = |key: u32, byte: u8| match cache.lookup(key) {
+            Lookup::Owner(claim) => claim.finish(Some(block(byte))),
+            _ => panic!("block {key} should be new"),
+        };
+        fill(0, 0);
+        let held = match cache.lookup(0) {
+            Lookup::Hit(b) => b,
+            _ => panic!("block 0 should be cached"),
+        };
+        fill(1, 1); // evicts block 0, which `held` still uses
+        assert!(cache.take_spare(4).is_none());
+        assert_eq!(&*held, &[0, 0, 0, 0]);
+        fill(2, 2); // evicts block 1, held by nobody
+        assert!(
+            cache.take_spare(8).is_none(),
+            "a buffer of another size is not handed out"
+        );
+        fill(3, 3);
+        let mut spare = cache.take_spare(4).expect("the evicted block 2 is reused");
+        assert!(Arc::get_mut(&mut spare).is_some());
+        assert!(cache.take_spare(4).is_none());
     }
 
     #[test]

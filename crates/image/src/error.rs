@@ -128,6 +128,19 @@ impl ImageError {
         }
     }
 
+    /// The same error about block `to` instead (for a dedup back-reference, which fails
+    /// exactly as the block whose bytes it shares: same offset, same length, same cause).
+    pub(crate) fn for_block(mut self, to: u32) -> ImageError {
+        match &mut self {
+            ImageError::BlockIo { block, .. }
+            | ImageError::Truncated { block, .. }
+            | ImageError::Decode { block, .. }
+            | ImageError::ShortBlock { block, .. } => *block = to,
+            _ => {}
+        }
+        self
+    }
+
     /// The file offset this error is about: a block's start, or the offset of a failed read.
     pub fn offset(&self) -> Option<u64> {
         match self {

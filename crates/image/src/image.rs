@@ -84,9 +84,15 @@ impl Core {
         std::iter::repeat_n(0u8, self.block_size() as usize).collect()
     }
 
-    /// Decodes `block` into a new buffer, bypassing the cache.
+    /// Decodes `block` into a buffer of its own (a recycled one when the cache has one),
+    /// bypassing the cache.
     pub(crate) fn decode_new(&self, block: u32) -> Result<Block, ImageError> {
-        let mut out = self.new_block();
+        let bs = self.block_size() as usize;
+        // Decoding writes every byte of the buffer, so a recycled one needs no clearing.
+        let mut out = self
+            .cache
+            .take_spare(bs)
+            .unwrap_or_else(|| self.new_block());
         match Arc::get_mut(&mut out) {
             Some(buf) => self.blocks().decode(block, buf)?,
             None => {
@@ -105,6 +111,13 @@ impl Core {
             return Ok(self.zero_block());
         }
         let key = self.cache_key(block);
+        // A shared block is decoded (and cached) as the block it shares bytes with; an error
+        // still names the block asked for, as a pass over all blocks does.
+        self.get_cached(key).map_err(|e| e.for_block(block))
+    }
+
+    /// The decoded block `key` (a block that is not shared) from the cache, decoding it once.
+    fn get_cached(&self, key: u32) -> Result<Block, ImageError> {
         match self.cache.lookup(key) {
             Lookup::Hit(found) => Ok(found),
             Lookup::Owner(claim) => {

@@ -69,4 +69,48 @@ mod tests {
         assert_send_sync::<Image>();
         assert_send_sync::<ImageError>();
     }
+
+    /// A dedup image whose block 2 is a back-reference to a corrupt block 0: reading block 2
+    /// names block 2 (at block 0's offset), whether block 0 was tried first or not, and
+    /// whatever path reads it (found by the read_adapter fuzz target).
+    #[test]
+    fn a_bad_shared_block_is_named_as_asked() {
+        use mkmodule_format::{Dialect, Header};
+        let header = Header {
+            block_size: 4096,
+            num_blocks: 3,
+        };
+        let s = 136 + header.index_len();
+        let mut bytes = header.encode(Dialect::UzipZlibDedup).to_vec();
+        for entry in [s, s + 10, s, s + 20] {
+            bytes.extend_from_slice(&entry.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0x55; 20]);
+        let image = Image::from_bytes(bytes, &OpenOptions::default()).unwrap();
+        for order in [[2, 0], [0, 2]] {
+            for block in order {
+                let err = image.block(block).unwrap_err();
+                assert_eq!(err.block(), Some(block), "{err}");
+                assert_eq!(err.offset(), Some(s));
+                assert!(err
+                    .to_string()
+                    .starts_with(&format!("block {block} at offset {s}")));
+            }
+        }
+        let mut buf = [0u8; 100];
+        let err = image.read_at(&mut buf, 2 * 4096).unwrap_err();
+        assert_eq!(err.block(), Some(2), "{err}");
+        let pass = ParallelOptions {
+            threads: 1,
+            skip_zero: false,
+        };
+        image
+            .par_blocks(pass, |i, decoded| {
+                if i != 1 {
+                    assert_eq!(decoded.unwrap_err().block(), Some(i));
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+    }
 }

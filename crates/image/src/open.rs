@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use mkmodule_format::{detect, find_trailer, BlockIndex, Layout, Trailer, PROBE_LEN};
+use mkmodule_format::{detect, find_trailer, BlockIndex, Layout, Trailer, ENTRY_LEN, PROBE_LEN};
 
 use crate::cache::BlockCache;
 use crate::decode::Blocks;
@@ -184,7 +184,7 @@ impl Parsed {
             len: layout.index_len(),
             source: std::io::Error::other("the index does not fit in memory"),
         })?;
-        let index_bytes = read_at(source, index_len, layout.index_offset)?;
+        let index_bytes = read_index(source, &layout, index_len)?;
         let index = BlockIndex::parse(&layout, &index_bytes)?;
         drop(index_bytes);
 
@@ -209,6 +209,33 @@ impl Parsed {
     }
 }
 
+/// Bytes of the index read (and their entries checked) at a time.
+const INDEX_PIECE: usize = 1 << 20;
+
+/// Reads the `len`-byte index of `layout`, [`INDEX_PIECE`] bytes at a time, checking each
+/// piece's entries before reading the next. The buffer grows with what was read, so a header
+/// claiming billions of blocks over a sparse or garbage index fails at its first bad entry with
+/// little memory used, instead of after reading gigabytes of zeros (or failing to allocate).
+fn read_index(source: &Source, layout: &Layout, len: usize) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = Vec::with_capacity(len.min(INDEX_PIECE));
+    while bytes.len() < len {
+        let at = bytes.len();
+        let take = (len - at).min(INDEX_PIECE);
+        let offset = layout.index_offset + at as u64;
+        bytes.resize(at + take, 0);
+        source
+            .read_exact_at(&mut bytes[at..], offset)
+            .map_err(|source| ImageError::Io {
+                offset,
+                len: take as u64,
+                source,
+            })?;
+        // `at` is a multiple of the entry length: every piece but the last is.
+        BlockIndex::check_entries(layout, (at / ENTRY_LEN as usize) as u64, &bytes[at..])?;
+    }
+    Ok(bytes)
+}
+
 /// Reads `len` bytes at `offset` into a new buffer.
 fn read_at(source: &Source, len: usize, offset: u64) -> Result<Vec<u8>, ImageError> {
     let mut buf = vec![0u8; len];
@@ -220,4 +247,68 @@ fn read_at(source: &Source, len: usize, offset: u64) -> Result<Vec<u8>, ImageErr
             source,
         })?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mkmodule_format::{Dialect, FormatError, Header};
+
+    /// A header claiming 2^27 blocks (8 TiB at 64 KiB) over a 1 GiB sparse, all-zero index: the
+    /// open fails at block 0 after reading one piece, not after reading the whole index.
+    #[test]
+    fn a_sparse_index_fails_at_its_first_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let n = 1u32 << 27;
+        let header = Header {
+            block_size: 65536,
+            num_blocks: n,
+        };
+        let file = File::create(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(Dialect::LinuxV2), 0)
+            .unwrap();
+        file.set_len(136 + header.index_len() + 4096).unwrap();
+        let source = Source::File(File::open(&path).unwrap());
+        let layout = {
+            let head = read_at(&source, PROBE_LEN, 0).unwrap();
+            detect(&head, &head, 136 + header.index_len() + 4096).unwrap()
+        };
+        match read_index(&source, &layout, header.index_len() as usize) {
+            Err(ImageError::Format(FormatError::OffsetBeforeData {
+                block: 0,
+                offset: 0,
+                ..
+            })) => {}
+            other => panic!("{:?}", other.map(|b| b.len())),
+        }
+        let err = Image::open(&path).unwrap_err();
+        assert!(
+            err.to_string().starts_with("block 0 starts at offset 0"),
+            "{err}"
+        );
+    }
+
+    /// Pieces are cut at entry boundaries, and an index longer than one piece reads whole.
+    #[test]
+    fn an_index_of_several_pieces_reads_whole() {
+        let n = (INDEX_PIECE / 8 * 2 + 100) as u32;
+        let header = Header {
+            block_size: 512,
+            num_blocks: n,
+        };
+        let mut bytes = header.encode(Dialect::UzipZlib).to_vec();
+        let start = 136 + header.index_len();
+        for _ in 0..=n {
+            // Every block zero-length (uzip allows it): all entries point at the data start.
+            bytes.extend_from_slice(&start.to_be_bytes());
+        }
+        let len = bytes.len() as u64;
+        let source = Source::Memory(bytes.clone());
+        let layout = detect(&bytes, &bytes, len).unwrap();
+        let index = read_index(&source, &layout, header.index_len() as usize).unwrap();
+        assert_eq!(index, bytes[136..]);
+        let image = Image::from_bytes(bytes, &OpenOptions::default()).unwrap();
+        assert_eq!(image.num_blocks(), n);
+    }
 }

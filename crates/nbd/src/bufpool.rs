@@ -33,25 +33,33 @@ impl BufPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An empty vector with at least `cap` bytes of capacity.
-    pub(crate) fn take(&self, cap: usize) -> Vec<u8> {
-        if cap >= MIN_POOLED {
-            let mut s = self.lock();
-            let best = s
-                .bufs
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= cap)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                let mut v = s.bufs.swap_remove(i);
-                s.bytes -= v.capacity();
-                v.clear();
-                return v;
-            }
+    /// A vector of exactly `len` bytes whose contents are unspecified (a reused buffer keeps its
+    /// old bytes; only growth is zeroed): for callers that overwrite every byte, which saves
+    /// clearing large read replies.
+    pub(crate) fn take_len(&self, len: usize) -> Vec<u8> {
+        let mut v = if len >= MIN_POOLED {
+            self.take_reused(len)
+        } else {
+            None
         }
-        Vec::with_capacity(cap)
+        .unwrap_or_default();
+        v.resize(len, 0);
+        v
+    }
+
+    /// The best-fitting pooled vector of at least `cap` bytes of capacity, contents kept.
+    fn take_reused(&self, cap: usize) -> Option<Vec<u8>> {
+        let mut s = self.lock();
+        let best = s
+            .bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= cap)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)?;
+        let v = s.bufs.swap_remove(best);
+        s.bytes -= v.capacity();
+        Some(v)
     }
 
     /// Return a vector for reuse (dropped if the pool is full or it is small).
@@ -79,12 +87,34 @@ mod tests {
         p.give(Vec::with_capacity(2 << 20));
         p.give(Vec::with_capacity(1 << 20)); // over the byte cap: dropped
         p.give(Vec::with_capacity(100)); // too small: dropped
-        let v = p.take(1000 << 10);
+        let v = p.take_len(1000 << 10);
         assert!(v.capacity() >= 1000 << 10 && v.capacity() < 2 << 20);
-        assert!(v.is_empty());
-        let w = p.take(1500 << 10);
+        let w = p.take_len(1500 << 10);
         assert!(w.capacity() >= 2 << 20);
-        let x = p.take(1 << 20);
+        let x = p.take_len(1 << 20);
         assert_eq!(x.capacity(), 1 << 20); // fresh allocation
+    }
+
+    #[test]
+    fn take_len_gives_exact_length_and_reuses_capacity() {
+        let p = BufPool::new(4 << 20);
+        let fresh = p.take_len(100 << 10);
+        assert_eq!(fresh.len(), 100 << 10);
+        assert!(fresh.iter().all(|&b| b == 0));
+        p.give(vec![7u8; 200 << 10]);
+        let reused = p.take_len(150 << 10);
+        assert_eq!(reused.len(), 150 << 10);
+        assert!(
+            reused.capacity() >= 200 << 10,
+            "the pooled buffer was reused"
+        );
+        p.give(reused);
+        let grown = p.take_len(180 << 10);
+        assert_eq!(grown.len(), 180 << 10);
+        assert!(
+            grown[150 << 10..].iter().all(|&b| b == 0),
+            "growth is zeroed"
+        );
+        assert!(p.take_len(10).len() == 10);
     }
 }

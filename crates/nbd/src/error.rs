@@ -23,6 +23,9 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start a server thread: {0}")]
     Thread(io::Error),
+    /// TLS credentials could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Convenience alias for results of this crate.

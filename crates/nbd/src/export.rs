@@ -67,6 +67,9 @@ pub trait Export: Send + Sync {
     }
 
     /// Fill `buf` with the bytes at `offset`; the range is always inside the export.
+    ///
+    /// On success every byte of `buf` must have been written: the server hands in reused
+    /// buffers that may still hold another reply's bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
     /// Allocation state of `[offset, offset + len)`, in order from `offset`.

@@ -7,6 +7,7 @@ use crate::config::{Level, ServerConfig};
 use crate::export::Export;
 use crate::listener::Stream;
 use crate::proto::*;
+use crate::tls::{self, Pump, TlsCredentials, TlsMode};
 
 /// What option haggling agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,31 @@ pub(crate) fn preferred_block_size(export: &dyn Export) -> u32 {
     1 << (31 - p.leading_zeros())
 }
 
+/// Where a connection stands with TLS (fixed for its lifetime, as the protocol demands, until
+/// `STARTTLS` succeeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsState {
+    /// NOTLS: no TLS configured, or the client does not speak fixed newstyle.
+    Unavailable,
+    /// TLS offered at the client's choice, not started.
+    Offered,
+    /// FORCEDTLS, not started yet.
+    Required,
+    /// TLS is up.
+    Active,
+}
+
+impl TlsState {
+    /// The state of a new connection under `cfg` whose client did (not) set fixed newstyle.
+    fn initial(cfg: &ServerConfig, fixed_newstyle: bool) -> TlsState {
+        match (cfg.tls_credentials(), cfg.tls_mode, fixed_newstyle) {
+            (None, _, _) | (_, TlsMode::Off, _) | (Some(_), _, false) => TlsState::Unavailable,
+            (Some(_), TlsMode::On, true) => TlsState::Offered,
+            (Some(_), TlsMode::Require, true) => TlsState::Required,
+        }
+    }
+}
+
 /// Per-connection haggling state.
 struct Haggle<'a> {
     stream: &'a mut Stream,
@@ -78,6 +104,11 @@ struct Haggle<'a> {
     structured: bool,
     /// Export named by the last SET_META_CONTEXT and whether base:allocation was chosen.
     meta: Option<(usize, bool)>,
+    tls: TlsState,
+    /// Options refused with `ERR_TLS_REQD` so far (for the closing log line).
+    tls_refusals: u32,
+    /// The TLS pump, once `STARTTLS` succeeded.
+    pump: &'a mut Option<Pump>,
 }
 
 impl Haggle<'_> {
@@ -227,6 +258,67 @@ impl Haggle<'_> {
         }
     }
 
+    /// `NBD_OPT_STARTTLS`: ACK and TLS handshake, or the error the mode calls for.
+    fn starttls(
+        &mut self,
+        opt: u32,
+        payload: &[u8],
+        creds: Option<&TlsCredentials>,
+    ) -> Result<(), Ended> {
+        if !payload.is_empty() {
+            return Ok(self.error(opt, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no payload")?);
+        }
+        let creds = match (self.tls, creds) {
+            (TlsState::Active, _) => {
+                return Ok(self.error(opt, REP_ERR_INVALID, "TLS is already active")?);
+            }
+            (TlsState::Offered | TlsState::Required, Some(c)) => c,
+            (TlsState::Unavailable, Some(_)) => {
+                return Ok(self.error(
+                    opt,
+                    REP_ERR_POLICY,
+                    "TLS needs fixed newstyle negotiation",
+                )?);
+            }
+            _ => {
+                return Ok(self.error(
+                    opt,
+                    REP_ERR_POLICY,
+                    "TLS is not configured on this server",
+                )?);
+            }
+        };
+        self.ack(opt)?;
+        self.trace("TLS handshake");
+        match tls::start(
+            self.stream,
+            creds,
+            self.deadline,
+            self.cfg.handshake_timeout,
+            self.peer,
+            self.cfg.logger.clone(),
+        ) {
+            Ok(pump) => {
+                *self.pump = Some(pump);
+                self.stream
+                    .set_write_timeout(Some(self.cfg.handshake_timeout))?;
+                self.tls = TlsState::Active;
+                // Everything negotiated in the clear may have been tampered with: forget it.
+                self.structured = false;
+                self.meta = None;
+                self.trace("TLS is up");
+                Ok(())
+            }
+            Err(e) => {
+                (self.cfg.logger)(
+                    Level::Warn,
+                    &format!("{}: {e}; closing the connection", self.peer),
+                );
+                Err(Ended::Failed(e))
+            }
+        }
+    }
+
     fn meta_context(&mut self, opt: u32, payload: &[u8]) -> io::Result<()> {
         if opt == OPT_SET_META_CONTEXT {
             self.meta = None;
@@ -285,12 +377,14 @@ impl Haggle<'_> {
 /// Run the greeting and option haggling on a fresh connection.
 ///
 /// `shutting_down` is polled before each option: once set, options are
-/// answered with `ERR_SHUTDOWN`.
+/// answered with `ERR_SHUTDOWN`. When the client starts TLS, `*stream` becomes the plaintext
+/// end of the TLS pump left in `*pump`; the caller drops the stream, then joins the pump.
 pub(crate) fn negotiate(
     stream: &mut Stream,
     cfg: &ServerConfig,
     peer: &str,
     shutting_down: &dyn Fn() -> bool,
+    pump: &mut Option<Pump>,
 ) -> Result<Negotiated, Ended> {
     let deadline = Instant::now() + cfg.handshake_timeout;
     stream.set_write_timeout(Some(cfg.handshake_timeout))?;
@@ -301,6 +395,9 @@ pub(crate) fn negotiate(
         peer,
         structured: false,
         meta: None,
+        tls: TlsState::Unavailable,
+        tls_refusals: 0,
+        pump,
     };
     h.send(&greeting())?;
     let mut cflags = [0u8; 4];
@@ -311,10 +408,24 @@ pub(crate) fn negotiate(
     }
     let no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
     h.trace(&format!("client flags {cflags:#x}"));
+    let fixed_newstyle = cflags & FLAG_C_FIXED_NEWSTYLE != 0;
+    h.tls = TlsState::initial(cfg, fixed_newstyle);
+    if !fixed_newstyle && cfg.tls_mode == TlsMode::Require {
+        // Without fixed newstyle TLS is impossible, and the protocol forbids ERR_TLS_REQD.
+        return Err(Ended::Orderly(
+            "refused: TLS is required and the client does not speak fixed newstyle",
+        ));
+    }
 
     loop {
         let mut hdr = [0u8; OPTION_HEADER_LEN];
-        h.read_exact(&mut hdr)?;
+        if let Err(e) = h.read_exact(&mut hdr) {
+            if h.tls_refusals > 0 {
+                let msg = format!("{e} (after being told TLS is required)");
+                return Err(Ended::Failed(io::Error::new(e.kind(), msg)));
+            }
+            return Err(e.into());
+        }
         let oh = OptionHeader::decode(&hdr);
         if oh.magic != IHAVEOPT {
             return Err(violation(format!("bad option magic {:#x}", oh.magic)));
@@ -343,6 +454,22 @@ pub(crate) fn negotiate(
             continue;
         }
 
+        if h.tls == TlsState::Required && opt != OPT_STARTTLS && opt != OPT_ABORT {
+            if opt == OPT_EXPORT_NAME {
+                // It cannot be answered with an error.
+                return Err(Ended::Orderly(
+                    "refused: NBD_OPT_EXPORT_NAME without TLS, which is required",
+                ));
+            }
+            h.tls_refusals += 1;
+            h.error(
+                opt,
+                REP_ERR_TLS_REQD,
+                "TLS is required: negotiate NBD_OPT_STARTTLS first",
+            )?;
+            continue;
+        }
+
         match opt {
             OPT_EXPORT_NAME => {
                 let name = match String::from_utf8(payload) {
@@ -363,16 +490,15 @@ pub(crate) fn negotiate(
             OPT_ABORT => {
                 // The client may close without reading the ACK.
                 let _ = h.ack(opt);
+                if h.tls_refusals > 0 {
+                    return Err(Ended::Orderly(
+                        "client aborted the handshake after being told TLS is required",
+                    ));
+                }
                 return Err(Ended::Orderly("client aborted the handshake"));
             }
             OPT_LIST => h.list(opt, &payload)?,
-            OPT_STARTTLS => {
-                if payload.is_empty() {
-                    h.error(opt, REP_ERR_POLICY, "TLS is not configured on this server")?;
-                } else {
-                    h.error(opt, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no payload")?;
-                }
-            }
+            OPT_STARTTLS => h.starttls(opt, &payload, cfg.tls_credentials())?,
             OPT_INFO | OPT_GO => {
                 if let Some(n) = h.info_go(opt, &payload)? {
                     return Ok(n);
@@ -458,9 +584,11 @@ mod tests {
             sink
         });
         let mut stream = Stream::Unix(server_side);
-        let r = negotiate(&mut stream, &config(), "test", &|| false);
+        let mut pump = None;
+        let r = negotiate(&mut stream, &config(), "test", &|| false, &mut pump);
         drop(stream);
         feeder.join().unwrap();
+        assert!(pump.is_none());
         r
     }
 
@@ -525,6 +653,199 @@ mod tests {
         ));
         let n = haggle_with(c).unwrap();
         assert!(n.structured && !n.block_status);
+    }
+
+    /// Option replies in `bytes` (after the 18-byte greeting): (option, reply type) pairs.
+    fn replies(bytes: &[u8]) -> Vec<(u32, u32)> {
+        assert_eq!(&bytes[..8], b"NBDMAGIC");
+        let mut out = Vec::new();
+        let mut at = 18;
+        while at + 20 <= bytes.len() {
+            let h = &bytes[at..at + 20];
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            out.push((
+                u32::from_be_bytes(h[8..12].try_into().unwrap()),
+                u32::from_be_bytes(h[12..16].try_into().unwrap()),
+            ));
+            at += 20 + len;
+        }
+        out
+    }
+
+    /// Like `haggle_with`, under `cfg`; also returns what the server sent.
+    fn haggle_cfg(cfg: &ServerConfig, client: Vec<u8>) -> (Result<Negotiated, Ended>, Vec<u8>) {
+        use std::os::unix::net::UnixStream;
+        let (server_side, mut client_side) = UnixStream::pair().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = client_side.write_all(&client);
+            let _ = client_side.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = client_side.read_to_end(&mut sink);
+            sink
+        });
+        let mut stream = Stream::Unix(server_side);
+        let mut pump = None;
+        let r = negotiate(&mut stream, cfg, "test", &|| false, &mut pump);
+        drop(stream);
+        (r, feeder.join().unwrap())
+    }
+
+    fn tls_config(mode: TlsMode) -> (ServerConfig, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::testing::write_credentials(dir.path());
+        let creds = TlsCredentials::load(dir.path(), false).unwrap();
+        (config().with_tls(mode, Some(creds)), dir)
+    }
+
+    fn go_a() -> Vec<u8> {
+        opt(
+            OPT_GO,
+            &InfoRequest {
+                name: "a".into(),
+                requests: vec![],
+            }
+            .encode(),
+        )
+    }
+
+    #[test]
+    fn tls_required_refuses_every_option_but_starttls_and_abort() {
+        let (cfg, _dir) = tls_config(TlsMode::Require);
+        let mut c = 3u32.to_be_bytes().to_vec();
+        c.extend(opt(OPT_LIST, &[]));
+        c.extend(opt(OPT_STRUCTURED_REPLY, &[]));
+        c.extend(go_a());
+        c.extend(opt(0x4242, b"junk"));
+        c.extend(opt(OPT_STARTTLS, b"x"));
+        c.extend(opt(OPT_ABORT, &[]));
+        let (r, sent) = haggle_cfg(&cfg, c);
+        assert!(
+            matches!(r, Err(Ended::Orderly(m)) if m.contains("TLS is required")),
+            "{r:?}"
+        );
+        assert_eq!(
+            replies(&sent),
+            [
+                (OPT_LIST, REP_ERR_TLS_REQD),
+                (OPT_STRUCTURED_REPLY, REP_ERR_TLS_REQD),
+                (OPT_GO, REP_ERR_TLS_REQD),
+                (0x4242, REP_ERR_TLS_REQD),
+                (OPT_STARTTLS, REP_ERR_INVALID),
+                (OPT_ABORT, REP_ACK),
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_required_closes_on_export_name_and_on_clients_without_fixed_newstyle() {
+        let (cfg, _dir) = tls_config(TlsMode::Require);
+        let mut c = 3u32.to_be_bytes().to_vec();
+        c.extend(opt(OPT_EXPORT_NAME, b"a"));
+        let (r, sent) = haggle_cfg(&cfg, c);
+        assert!(
+            matches!(r, Err(Ended::Orderly(m)) if m.contains("EXPORT_NAME without TLS")),
+            "{r:?}"
+        );
+        assert_eq!(sent.len(), 18, "nothing but the greeting");
+
+        // No fixed newstyle: TLS is impossible, and ERR_TLS_REQD is not allowed.
+        let mut c = 0u32.to_be_bytes().to_vec();
+        c.extend(opt(OPT_EXPORT_NAME, b"a"));
+        let (r, sent) = haggle_cfg(&cfg, c);
+        assert!(
+            matches!(r, Err(Ended::Orderly(m)) if m.contains("fixed newstyle")),
+            "{r:?}"
+        );
+        assert_eq!(sent.len(), 18);
+    }
+
+    #[test]
+    fn tls_off_refuses_starttls_by_policy_and_on_serves_plaintext() {
+        let mut c = 3u32.to_be_bytes().to_vec();
+        c.extend(opt(OPT_STARTTLS, &[]));
+        c.extend(opt(OPT_LIST, &[]));
+        c.extend(go_a());
+        let (r, sent) = haggle_cfg(&config(), c.clone());
+        assert!(r.is_ok(), "{r:?}");
+        let got = replies(&sent);
+        assert_eq!(got[0], (OPT_STARTTLS, REP_ERR_POLICY));
+        assert_eq!(got[1], (OPT_LIST, REP_SERVER));
+        assert!(!got.iter().any(|&(_, t)| t == REP_ERR_TLS_REQD));
+
+        // Credentials but mode off: still NOTLS.
+        let (cfg, _dir) = tls_config(TlsMode::Off);
+        let (r, sent) = haggle_cfg(&cfg, c);
+        assert!(r.is_ok());
+        assert_eq!(replies(&sent)[0], (OPT_STARTTLS, REP_ERR_POLICY));
+
+        // TLS on: a plaintext client is served as usual.
+        let (cfg, _dir) = tls_config(TlsMode::On);
+        let mut c = 3u32.to_be_bytes().to_vec();
+        c.extend(opt(OPT_LIST, &[]));
+        c.extend(opt(OPT_STRUCTURED_REPLY, &[]));
+        c.extend(go_a());
+        let (r, sent) = haggle_cfg(&cfg, c);
+        assert!(r.unwrap().structured);
+        assert!(!replies(&sent).iter().any(|&(_, t)| t & REP_FLAG_ERROR != 0));
+    }
+
+    /// STARTTLS for real with a rustls client: state from before TLS is forgotten, a second
+    /// STARTTLS is invalid, and options that needed TLS now work.
+    #[test]
+    fn starttls_upgrades_resets_state_and_cannot_repeat() {
+        use std::os::unix::net::UnixStream;
+        for mode in [TlsMode::On, TlsMode::Require] {
+            let (cfg, dir) = tls_config(mode);
+            let (server_side, mut client_side) = UnixStream::pair().unwrap();
+            let pki = dir.path().to_path_buf();
+            let client = std::thread::spawn(move || {
+                let mut greeting = [0u8; 18];
+                client_side.read_exact(&mut greeting).unwrap();
+                let mut c = 3u32.to_be_bytes().to_vec();
+                if mode == TlsMode::On {
+                    c.extend(opt(OPT_STRUCTURED_REPLY, &[]));
+                }
+                c.extend(opt(OPT_STARTTLS, &[]));
+                client_side.write_all(&c).unwrap();
+                let mut plain = Vec::new();
+                let wanted = if mode == TlsMode::On { 2 } else { 1 };
+                while plain.len() < wanted * 20 {
+                    let mut b = [0u8; 20];
+                    client_side.read_exact(&mut b).unwrap();
+                    plain.extend_from_slice(&b);
+                }
+                let mut with_greeting = greeting.to_vec();
+                with_greeting.extend(&plain);
+                assert_eq!(
+                    replies(&with_greeting).last(),
+                    Some(&(OPT_STARTTLS, REP_ACK))
+                );
+                let conn = crate::tls::testing::client(&pki, false);
+                let mut tls = rustls::StreamOwned::new(conn, client_side);
+                let mut c = opt(OPT_STARTTLS, &[]);
+                c.extend(opt(OPT_LIST, &[]));
+                c.extend(go_a());
+                tls.write_all(&c).unwrap();
+                tls.flush().unwrap();
+                let mut got = greeting.to_vec();
+                let _ = tls.read_to_end(&mut got);
+                replies(&got)
+            });
+            let mut stream = Stream::Unix(server_side);
+            let mut pump = None;
+            let n = negotiate(&mut stream, &cfg, "test", &|| false, &mut pump).unwrap();
+            assert!(
+                !n.structured,
+                "structured replies negotiated in the clear must be forgotten"
+            );
+            assert!(matches!(stream, Stream::Unix(_)));
+            drop(stream);
+            pump.expect("a TLS pump").join();
+            let got = client.join().unwrap();
+            assert_eq!(got[0], (OPT_STARTTLS, REP_ERR_INVALID), "{mode:?}");
+            assert_eq!(got[1], (OPT_LIST, REP_SERVER), "{mode:?}");
+            assert_eq!(got.last(), Some(&(OPT_GO, REP_ACK)), "{mode:?}");
+        }
     }
 
     proptest::proptest! {

@@ -2,7 +2,8 @@
 //!
 //! The server speaks fixed newstyle with `NO_ZEROES`, the options `EXPORT_NAME`,
 //! `GO`, `INFO`, `LIST`, `ABORT`, `STRUCTURED_REPLY` and `LIST/SET_META_CONTEXT`
-//! (`base:allocation`), simple and structured replies, and the commands READ,
+//! (`base:allocation`), `STARTTLS` (rustls; optional or required, client certificates
+//! optionally verified), simple and structured replies, and the commands READ,
 //! WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS and DISC. Each
 //! connection has a reader thread, a writer thread and a bounded number of
 //! requests in flight; reads run on a worker pool shared by all connections.
@@ -34,12 +35,15 @@ mod listener;
 mod pool;
 pub mod proto;
 mod server;
+mod tls;
 mod transmission;
 
 pub use config::{
-    null_logger, stderr_logger, DefaultExport, ExportEntry, Level, Logger, ServerConfig,
+    null_logger, stderr_logger, DefaultExport, ExportEntry, IpNet, IpNetError, Level, Logger,
+    ServerConfig, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 };
 pub use error::{not_permitted, Error, NbdErrno, Result};
 pub use export::{Export, Extent, FileExport, MemoryExport};
 pub use listener::Listener;
 pub use server::{ReloadHandle, Server, ServerHandle, StopHandle};
+pub use tls::{TlsCredentials, TlsError, TlsMode, CA_CERT, SERVER_CERT, SERVER_KEY};

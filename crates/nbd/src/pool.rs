@@ -11,7 +11,9 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Worker threads fed by one channel.
 ///
 /// The queue itself is unbounded, but every job holds a slot of its
-/// connection's [`crate::limiter::Limiter`], so the total is bounded by
+/// connection's [`crate::limiter::Limiter`], and a connection ends (freeing its
+/// place under the connection cap) only once none of its jobs is left
+/// ([`crate::limiter::Limiter::wait_jobs`]), so the total is bounded by
 /// connections × in-flight cap.
 #[derive(Debug)]
 pub(crate) struct Pool {

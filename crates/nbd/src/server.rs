@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -15,6 +15,7 @@ use crate::bufpool::BufPool;
 use crate::config::{DefaultExport, ExportEntry, Level, ServerConfig};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Ended};
+use crate::limiter::Budget;
 use crate::listener::{Listener, Stream};
 use crate::pool::{Job, Pool};
 use crate::transmission::{self, ConnLog, Limits, Session, Stats};
@@ -57,13 +58,18 @@ struct Shared {
     active: AtomicUsize,
     next_id: AtomicU64,
     table: Mutex<ConnTable>,
+    /// Open connections per TCP client address (entries removed at zero).
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     refused_warnings: AtomicU64,
     /// Spare reply buffers shared by all connections.
     bufs: Arc<BufPool>,
+    /// Reply bytes in flight over all connections.
+    budget: Arc<Budget>,
 }
 
 impl Shared {
     fn new(config: ServerConfig) -> Shared {
+        let budget = Budget::new(config.max_total_in_flight_bytes);
         Shared {
             config: RwLock::new(Arc::new(config)),
             reload: Mutex::new(()),
@@ -73,13 +79,19 @@ impl Shared {
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             table: Mutex::new(ConnTable::default()),
+            per_client: Mutex::new(HashMap::new()),
             refused_warnings: AtomicU64::new(0),
             bufs: Arc::new(BufPool::new(REPLY_BUFFER_POOL)),
+            budget,
         }
     }
 
     fn table(&self) -> MutexGuard<'_, ConnTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn per_client(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_client.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The configuration in force now (a cheap snapshot).
@@ -149,16 +161,26 @@ impl Shared {
     }
 }
 
-/// Releases a connection slot when a connection thread ends (even by panic).
+/// Releases a connection slot (and its client's) when a connection thread ends (even by panic).
 struct SlotGuard {
     shared: Arc<Shared>,
     id: u64,
+    client: Option<IpAddr>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         if let Some(entry) = self.shared.table().entries.get_mut(&self.id) {
             entry.0 = None;
+        }
+        if let Some(ip) = self.client {
+            let mut counts = self.shared.per_client();
+            if let Some(n) = counts.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&ip);
+                }
+            }
         }
         self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
@@ -292,7 +314,27 @@ fn warn_limited(shared: &Shared, msg: &str) {
 }
 
 fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>) {
-    let max_connections = shared.config().max_connections;
+    let config = shared.config();
+    // Unix-socket clients have no address and are always allowed.
+    let client = match &stream {
+        Stream::Tcp(s) => match s.peer_addr() {
+            Ok(a) => Some(a.ip().to_canonical()),
+            // Already gone.
+            Err(_) => return,
+        },
+        Stream::Unix(_) => None,
+    };
+    if let Some(ip) = client {
+        if !config.is_allowed(ip) {
+            warn_limited(
+                shared,
+                &format!("refusing connection from {peer}: address not in the allowed list"),
+            );
+            stream.shutdown();
+            return;
+        }
+    }
+    let max_connections = config.max_connections;
     if shared.active.load(Ordering::SeqCst) >= max_connections {
         warn_limited(
             shared,
@@ -301,14 +343,34 @@ fn admit(shared: &Arc<Shared>, stream: Stream, peer: String, jobs: &Sender<Job>)
         stream.shutdown();
         return;
     }
-    let Ok(clone) = stream.try_clone() else {
-        return;
-    };
+    if let Some(ip) = client {
+        let per_client = config.max_connections_per_client;
+        let mut counts = shared.per_client();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= per_client {
+            drop(counts);
+            warn_limited(
+                shared,
+                &format!(
+                    "refusing connection from {peer}: {per_client} connections from {ip} \
+                     already open"
+                ),
+            );
+            stream.shutdown();
+            return;
+        }
+        *n += 1;
+    }
     shared.active.fetch_add(1, Ordering::SeqCst);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    // From here the guard gives the slots back, whatever happens.
     let guard = SlotGuard {
         shared: Arc::clone(shared),
         id,
+        client,
+    };
+    let Ok(clone) = stream.try_clone() else {
+        return;
     };
     let s = Arc::clone(shared);
     let jobs = jobs.clone();
@@ -341,7 +403,10 @@ fn run_connection(shared: &Shared, mut stream: Stream, peer: &str, jobs: Sender<
     ));
     let stats = Arc::new(Stats::default());
     let stopping = || shared.stopping.load(Ordering::SeqCst);
-    let (export_name, reason) = match handshake::negotiate(&mut stream, cfg, peer, &stopping) {
+    let mut tls_pump = None;
+    let negotiated = handshake::negotiate(&mut stream, cfg, peer, &stopping, &mut tls_pump);
+    // Every arm lets go of the stream, so that a TLS pump sees its plaintext end close.
+    let (export_name, reason) = match negotiated {
         Ok(neg) => {
             let entry = &cfg.exports[neg.export];
             let ready = stream
@@ -356,6 +421,7 @@ fn run_connection(shared: &Shared, mut stream: Stream, peer: &str, jobs: Sender<
                         limits: Limits {
                             max_in_flight: cfg.max_in_flight,
                             max_in_flight_bytes: cfg.max_in_flight_bytes,
+                            budget: Arc::clone(&shared.budget),
                         },
                         jobs,
                         bufs: Arc::clone(&shared.bufs),
@@ -364,16 +430,26 @@ fn run_connection(shared: &Shared, mut stream: Stream, peer: &str, jobs: Sender<
                     },
                 )
                 .to_string(),
-                Err(e) => format!("socket setup failed: {e}"),
+                Err(e) => {
+                    drop(stream);
+                    format!("socket setup failed: {e}")
+                }
             };
             (format!("{:?}", entry.name), reason)
         }
-        Err(Ended::Orderly(m)) => ("-".to_string(), m.to_string()),
+        Err(Ended::Orderly(m)) => {
+            drop(stream);
+            ("-".to_string(), m.to_string())
+        }
         Err(Ended::Failed(e)) => {
             stream.shutdown();
+            drop(stream);
             ("-".to_string(), format!("handshake failed: {e}"))
         }
     };
+    if let Some(pump) = tls_pump {
+        pump.join();
+    }
     let reason = if stopping() {
         format!("{reason}; server stopping")
     } else {
@@ -743,6 +819,75 @@ mod tests {
         go(&mut s, "").unwrap();
         assert_eq!(read_first_byte(&mut s), 6);
         server.shutdown();
+    }
+
+    /// A TLS client reads through the pump; stopping the server ends its connection (pump
+    /// included) and `shutdown` returns.
+    #[test]
+    fn tls_connections_are_served_and_closed_by_a_stop() {
+        use crate::tls::{testing, TlsCredentials, TlsMode};
+        let dir = tempfile::tempdir().unwrap();
+        testing::write_credentials(dir.path());
+        let creds = TlsCredentials::load(dir.path(), true).unwrap();
+        let config = ServerConfig::new()
+            .with_logger(null_logger())
+            .with_workers(2)
+            .with_tls(TlsMode::Require, Some(creds))
+            .with_export("a", "", Arc::new(MemoryExport::new(vec![7; 4 << 20])));
+        let l = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = Server::start(config, [l]).unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut s = greeted(addr);
+        assert_eq!(go(&mut s, "a"), Err(REP_ERR_TLS_REQD));
+        let replies = option(&mut s, OPT_STARTTLS, &[]);
+        assert_eq!(replies, [(REP_ACK, vec![])]);
+        let mut tls = rustls::StreamOwned::new(testing::client(dir.path(), true), s);
+        let payload = InfoRequest {
+            name: "a".into(),
+            requests: vec![],
+        }
+        .encode();
+        let hdr = OptionHeader {
+            magic: IHAVEOPT,
+            option: OPT_GO,
+            len: payload.len() as u32,
+        };
+        tls.write_all(&hdr.encode()).unwrap();
+        tls.write_all(&payload).unwrap();
+        loop {
+            let mut h = [0u8; 20];
+            tls.read_exact(&mut h).unwrap();
+            let mut p = vec![0; be_u32(&h[16..20]) as usize];
+            tls.read_exact(&mut p).unwrap();
+            if be_u32(&h[12..16]) == REP_ACK {
+                break;
+            }
+        }
+        // 64 reads of 64 KiB in one go, answered through the pump.
+        for i in 0..64u64 {
+            let r = Request {
+                magic: REQUEST_MAGIC,
+                flags: 0,
+                cmd: CMD_READ,
+                cookie: i,
+                offset: i << 16,
+                len: 64 << 10,
+            };
+            tls.write_all(&r.encode()).unwrap();
+        }
+        for _ in 0..64 {
+            let mut h = [0u8; 16];
+            tls.read_exact(&mut h).unwrap();
+            assert_eq!(be_u32(&h[4..8]), 0);
+            let mut data = vec![0; 64 << 10];
+            tls.read_exact(&mut data).unwrap();
+            assert!(data.iter().all(|&b| b == 7));
+        }
+        assert_eq!(server.active_connections(), 1);
+        server.shutdown();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::config::{Level, Logger};
 use crate::error::NbdErrno;
 use crate::export::Export;
 use crate::handshake::Negotiated;
-use crate::limiter::Limiter;
+use crate::limiter::{Budget, Limiter};
 use crate::listener::Stream;
 use crate::pool::Job;
 use crate::proto::*;
@@ -329,9 +329,11 @@ fn read_reply(conn: &Conn, req: &Request) -> Vec<u8> {
     let (offset, len) = (req.offset, u64::from(req.len));
     let what = || format!("read at offset {offset} length {len}");
     if !conn.neg.structured {
-        let mut out = conn.bufs.take(SIMPLE_REPLY_LEN + req.len as usize);
-        put_simple_reply(&mut out, 0, req.cookie);
-        out.resize(SIMPLE_REPLY_LEN + req.len as usize, 0);
+        // Every byte is overwritten below: the header, then the data.
+        let mut out = conn.bufs.take_len(SIMPLE_REPLY_LEN + req.len as usize);
+        let mut head = Vec::with_capacity(SIMPLE_REPLY_LEN);
+        put_simple_reply(&mut head, 0, req.cookie);
+        out[..SIMPLE_REPLY_LEN].copy_from_slice(&head);
         if let Err(e) = export.read_at(&mut out[SIMPLE_REPLY_LEN..], offset) {
             conn.bufs.give(out);
             return conn.io_error_reply(req.cookie, &what(), &e);
@@ -357,36 +359,47 @@ fn read_reply(conn: &Conn, req: &Request) -> Vec<u8> {
             Segment::Hole { .. } => CHUNK_HEADER_LEN + 12,
         })
         .sum();
-    let mut out = conn.bufs.take(total);
+    // The buffer may hold another reply's bytes: it is filled strictly front to back (chunk
+    // headers, then data read in place) and cut where the writing stopped, so nothing stale
+    // can reach the client.
+    let mut out = conn.bufs.take_len(total);
+    let mut at = 0;
+    let mut head = Vec::with_capacity(CHUNK_HEADER_LEN + 12);
     for (i, seg) in segs.iter().enumerate() {
         let flags = if i + 1 == segs.len() {
             REPLY_FLAG_DONE
         } else {
             0
         };
+        head.clear();
         match *seg {
             Segment::Data { offset: o, len: n } => {
                 put_chunk_header(
-                    &mut out,
+                    &mut head,
                     flags,
                     REPLY_TYPE_OFFSET_DATA,
                     req.cookie,
                     8 + n as u32,
                 );
-                out.extend_from_slice(&o.to_be_bytes());
-                let start = out.len();
-                out.resize(start + n as usize, 0);
-                if let Err(e) = export.read_at(&mut out[start..], o) {
+                head.extend_from_slice(&o.to_be_bytes());
+                out[at..at + head.len()].copy_from_slice(&head);
+                at += head.len();
+                let data = &mut out[at..at + n as usize];
+                if let Err(e) = export.read_at(data, o) {
                     // Nothing was sent yet: answer with a single error chunk.
                     conn.bufs.give(out);
                     return conn.io_error_reply(req.cookie, &what(), &e);
                 }
+                at += n as usize;
             }
             Segment::Hole { offset: o, len: n } => {
-                put_hole_chunk(&mut out, flags, req.cookie, o, n as u32);
+                put_hole_chunk(&mut head, flags, req.cookie, o, n as u32);
+                out[at..at + head.len()].copy_from_slice(&head);
+                at += head.len();
             }
         }
     }
+    out.truncate(at);
     conn.stats.bytes_read.fetch_add(len, Ordering::Relaxed);
     out
 }
@@ -500,10 +513,12 @@ impl std::fmt::Display for EndReason {
 }
 
 /// Limits applied to one connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub max_in_flight: usize,
     pub max_in_flight_bytes: usize,
+    /// Reply bytes in flight over the whole server.
+    pub budget: Arc<Budget>,
 }
 
 /// Read the 28-byte header; `Ok(None)` on a clean end of stream before it.
@@ -525,6 +540,23 @@ fn read_header(r: &mut impl Read) -> io::Result<Option<[u8; REQUEST_LEN]>> {
         }
     }
     Ok(Some(b))
+}
+
+/// Counts one job of a connection from its dispatch until it has run or was dropped unrun
+/// (see [`Limiter::wait_jobs`]).
+struct JobGuard(Arc<Conn>);
+
+impl JobGuard {
+    fn new(conn: Arc<Conn>) -> JobGuard {
+        conn.limiter.job_started();
+        JobGuard(conn)
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.0.limiter.job_finished();
+    }
 }
 
 /// Everything a transmission session needs besides the socket.
@@ -554,7 +586,11 @@ pub(crate) fn serve(stream: Stream, session: Session) -> EndReason {
         export,
         bufs,
         neg,
-        limiter: Limiter::new(limits.max_in_flight, limits.max_in_flight_bytes),
+        limiter: Limiter::new(
+            limits.max_in_flight,
+            limits.max_in_flight_bytes,
+            Arc::clone(&limits.budget),
+        ),
         tx: wtx,
         stats,
         log,
@@ -597,6 +633,11 @@ pub(crate) fn serve(stream: Stream, session: Session) -> EndReason {
     if let Some(s) = &shutdown_handle {
         s.shutdown();
     }
+    // The writer is gone, so the limiter is closed or idle: jobs still queued skip their work.
+    // Only once none is left does the connection end and give back its slot.
+    conn.limiter.close();
+    conn.limiter.wait_jobs();
+    conn.limiter.finish();
     reason
 }
 
@@ -668,9 +709,17 @@ fn read_loop(conn: &Arc<Conn>, reader: &mut impl Read, jobs: &Sender<Job>) -> (E
             conn.send(conn.error_reply(req.cookie, err, &msg), permit);
             continue;
         }
-        let jconn = Arc::clone(conn);
+        let job_guard = JobGuard::new(Arc::clone(conn));
         let job: Job = Box::new(move || {
-            let reply = catch_unwind(AssertUnwindSafe(|| execute(&jconn, &req, payload)))
+            let jconn = &job_guard.0;
+            if jconn.limiter.is_closed() {
+                // The client is gone (its replies can no longer be written): skip the work, or
+                // a client that vanishes with many requests in flight, again and again, would
+                // keep the workers busy for nobody while real clients wait.
+                jconn.limiter.release(permit);
+                return;
+            }
+            let reply = catch_unwind(AssertUnwindSafe(|| execute(jconn, &req, payload)))
                 .unwrap_or_else(|_| {
                     jconn.log.warn("export panicked while serving a request");
                     jconn.error_reply(req.cookie, NbdErrno::Io, "internal error")
@@ -688,6 +737,116 @@ fn read_loop(conn: &Arc<Conn>, reader: &mut impl Read, jobs: &Sender<Job>) -> (E
 mod tests {
     use super::*;
     use crate::export::Extent;
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// An export whose first read waits until the test opens a gate; counts reads.
+    #[derive(Default)]
+    struct GatedExport {
+        reads: AtomicU64,
+        /// (first read entered, gate open)
+        state: Mutex<(bool, bool)>,
+        cond: Condvar,
+    }
+
+    impl GatedExport {
+        fn wait_entered(&self) {
+            let mut s = self.state.lock().unwrap();
+            while !s.0 {
+                s = self.cond.wait(s).unwrap();
+            }
+        }
+
+        fn open_gate(&self) {
+            self.state.lock().unwrap().1 = true;
+            self.cond.notify_all();
+        }
+    }
+
+    impl Export for GatedExport {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+            if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut s = self.state.lock().unwrap();
+                s.0 = true;
+                self.cond.notify_all();
+                while !s.1 {
+                    s = self.cond.wait(s).unwrap();
+                }
+            }
+            buf.fill(1);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_dead_connection_skips_its_queued_requests_and_ends_after_its_jobs() {
+        let export = Arc::new(GatedExport::default());
+        let pool = crate::pool::Pool::new(1).unwrap();
+        let (server_end, mut client) = UnixStream::pair().unwrap();
+        let session = Session {
+            export: Arc::clone(&export) as Arc<dyn Export>,
+            neg: Negotiated {
+                export: 0,
+                structured: false,
+                block_status: false,
+                flags: 0,
+            },
+            limits: Limits {
+                max_in_flight: 16,
+                max_in_flight_bytes: 1 << 20,
+                budget: Budget::new(usize::MAX),
+            },
+            jobs: pool.sender().unwrap(),
+            bufs: Arc::new(BufPool::new(1 << 20)),
+            stats: Arc::new(Stats::default()),
+            log: Arc::new(ConnLog::new(
+                "test".into(),
+                crate::config::null_logger(),
+                false,
+            )),
+        };
+        let server =
+            std::thread::spawn(move || serve(Stream::Unix(server_end), session).to_string());
+        // Eight reads: the first one runs (held at the gate) while the other seven wait in the
+        // pool's queue behind it.
+        let mut bytes = Vec::new();
+        for cookie in 0..8 {
+            let r = Request {
+                magic: REQUEST_MAGIC,
+                flags: 0,
+                cmd: CMD_READ,
+                cookie,
+                offset: 0,
+                len: 4096,
+            };
+            bytes.extend_from_slice(&r.encode());
+        }
+        client.write_all(&bytes).unwrap();
+        export.wait_entered();
+        // Then a bad magic: the connection ends at once, not gracefully; the server shuts the
+        // socket down without a reply (the first one is still held at the gate).
+        client.write_all(&[0u8; REQUEST_LEN]).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !server.is_finished(),
+            "the connection ended while one of its requests was still being served"
+        );
+        export.open_gate();
+        let reason = server.join().unwrap();
+        assert!(reason.contains("bad request magic"), "{reason}");
+        // The queued reads were skipped, not run for a client that is gone.
+        assert_eq!(export.reads.load(Ordering::SeqCst), 1);
+        pool.join();
+        assert_eq!(export.reads.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn segments_merge_and_cover() {

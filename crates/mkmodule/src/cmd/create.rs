@@ -15,8 +15,8 @@ use std::sync::{Mutex, Once};
 use anyhow::{anyhow, bail, Context, Result};
 use mkmodule_format::HeaderPosition;
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackOptions, PackSummary,
-    ProgressEvent, Sink, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
+    check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackError, PackOptions,
+    PackSummary, ProgressEvent, Sink, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
 use crate::progress::bytes_bar;
@@ -228,6 +228,10 @@ impl Plan {
 
 /// Runs `mkmodule create`.
 pub fn run(args: Args) -> Result<()> {
+    create(args).map_err(super::extract::one_sentence)
+}
+
+fn create(args: Args) -> Result<()> {
     let mut plan = Plan::from_args(args)?;
     let (input, input_len) = open_input(&plan.input, plan.size)?;
     plan.options.input_len = input_len;
@@ -306,9 +310,9 @@ fn write_direct(plan: &Plan, input: File, mut out: File, name: &str) -> Result<(
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
     let at_start = out.stream_position().ok() == Some(0);
     let result = if !plan.header_first() {
-        run_pack(plan, input, Sink::Stream(&mut out))
+        run_pack(plan, input, Sink::Stream(&mut out), name)
     } else if at_start && plan.options.input_len.is_some() {
-        run_pack(plan, input, Sink::Seekable(&mut out))
+        run_pack(plan, input, Sink::Seekable(&mut out), name)
     } else {
         bail!(
             "a {dialect} image cannot go to {name} here: its index comes before the blocks, so \
@@ -374,18 +378,21 @@ fn write_path(plan: &Plan, input: File, path: &Path) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| anyhow!("the output {} does not name a file", path.display()))?;
+    let file_name = file_name.to_string_lossy();
+    remove_stale_temp_files(&dir, &file_name);
     let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".partial")
+        .prefix(&temp_prefix(&file_name, std::process::id()))
+        .suffix(TEMP_SUFFIX)
         .permissions(Permissions::from_mode(0o666))
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let guard = CleanupGuard::register(temp.path().to_path_buf());
+    let name = path.display().to_string();
     let mut out = SyncBehind::new(temp.as_file_mut());
     let summary = if !plan.header_first() {
-        run_pack(plan, input, Sink::Stream(&mut out))?
+        run_pack(plan, input, Sink::Stream(&mut out), &name)?
     } else if plan.options.input_len.is_some() {
-        run_pack(plan, input, Sink::Seekable(&mut out))?
+        run_pack(plan, input, Sink::Seekable(&mut out), &name)?
     } else {
         // Unknown length: spool the blocks beside the output (an unnamed file that vanishes
         // with the process), then write header, index and blocks.
@@ -398,12 +405,13 @@ fn write_path(plan: &Plan, input: File, path: &Path) -> Result<()> {
                 output: &mut out,
                 spool: &mut spool,
             },
+            &name,
         )?
     };
     drop(out);
     temp.as_file()
         .sync_all()
-        .with_context(|| format!("cannot sync {}", temp.path().display()))?;
+        .with_context(|| format!("cannot write {name}: syncing it to disk failed"))?;
     let persisted = if plan.force {
         temp.persist(path)
     } else {
@@ -420,6 +428,58 @@ fn write_path(plan: &Plan, input: File, path: &Path) -> Result<()> {
         let _ = d.sync_all();
     }
     report(plan, &summary, &path.display().to_string())
+}
+
+/// Ending of the temporary files `create` writes beside the output.
+const TEMP_SUFFIX: &str = ".partial";
+
+/// Start of the name of the temporary file process `pid` writes for the output `name`:
+/// `.NAME.PID.` (then a random part and [`TEMP_SUFFIX`]).
+fn temp_prefix(name: &str, pid: u32) -> String {
+    format!(".{name}.{pid}.")
+}
+
+/// The process id in `entry` when it is the name of a temporary file `create` made for the
+/// output `name` (`.NAME.PID.RANDOM.partial`, the random part letters and digits).
+fn temp_owner(entry: &str, name: &str) -> Option<u32> {
+    let rest = entry
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(TEMP_SUFFIX)?;
+    let (pid, random) = rest.split_once('.')?;
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    let random_ok = !random.is_empty() && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    if digits && random_ok {
+        pid.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Removes the temporary files of earlier `create` runs for the output `name` in `dir` whose
+/// process is gone: a run killed by SIGKILL (or a crash, or power loss) cannot remove its own.
+/// Only regular files of exactly our naming pattern are touched, only when /proc shows their
+/// process no longer exists (a live process's file, or a file from another machine sharing the
+/// directory whose pid happens to be live here, is left alone). Best effort: errors are ignored.
+fn remove_stale_temp_files(dir: &Path, name: &str) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| temp_owner(n, name)) else {
+            continue;
+        };
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if regular && pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Bytes written between two background flushes of the output.
@@ -495,8 +555,9 @@ impl Drop for SyncBehind<'_> {
     }
 }
 
-/// Runs the packer with a progress bar.
-fn run_pack(plan: &Plan, input: File, sink: Sink<'_>) -> Result<PackSummary> {
+/// Runs the packer with a progress bar. Errors reading the input name it; errors writing the
+/// image name `out_name`.
+fn run_pack(plan: &Plan, input: File, sink: Sink<'_>, out_name: &str) -> Result<PackSummary> {
     let total = plan.options.input_len;
     let bar = bytes_bar(total, "creating", plan.quiet);
     let bs = u64::from(plan.options.block_size);
@@ -518,7 +579,19 @@ fn run_pack(plan: &Plan, input: File, sink: Sink<'_>) -> Result<PackSummary> {
     };
     let result = pack(input, sink, &plan.options, &progress);
     bar.finish_and_clear();
-    result.map_err(anyhow::Error::from)
+    result.map_err(|error| match error {
+        PackError::Read { .. } => {
+            let input = match &plan.input {
+                InputSpec::Stdin => "standard input".to_string(),
+                InputSpec::Path(path) => path.display().to_string(),
+            };
+            anyhow::Error::from(error).context(format!("cannot read the input {input}"))
+        }
+        PackError::Write { .. } => {
+            anyhow::Error::from(error).context(format!("cannot write {out_name}"))
+        }
+        other => other.into(),
+    })
 }
 
 /// The summary line, or JSON.
@@ -688,6 +761,47 @@ mod tests {
         assert_eq!(p.options.dialect, Dialect::UzipXzDedup);
         let p = plan(&["in", "-o", "out", "-c", "lz4", "--format", "v4-footer"]).unwrap();
         assert_eq!(p.options.dialect, Dialect::LinuxV4Footer);
+    }
+
+    #[test]
+    fn temp_names_carry_the_pid_and_only_ours_match() {
+        let name = format!("{}abc123{TEMP_SUFFIX}", temp_prefix("KNOPPIX", 4242));
+        assert_eq!(name, ".KNOPPIX.4242.abc123.partial");
+        assert_eq!(temp_owner(&name, "KNOPPIX"), Some(4242));
+        // Another output whose name extends ours, old names without a pid, and extract's files.
+        for other in [
+            ".KNOPPIX.1.4242.abc123.partial",
+            ".KNOPPIX.abc123.partial",
+            ".KNOPPIX.4242.abc123.part",
+            ".KNOPPIX.x42.abc123.partial",
+            "KNOPPIX.4242.abc123.partial",
+            ".KNOPPIX.4242..partial",
+        ] {
+            assert_eq!(temp_owner(other, "KNOPPIX"), None, "{other}");
+        }
+        assert_eq!(temp_owner(".a.b.7.Zz9.partial", "a.b"), Some(7));
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's limit (4194304) is never alive.
+        let dead = format!(".out.img.{}.dead01{TEMP_SUFFIX}", 99_999_999u32);
+        let alive = format!(".out.img.{}.live01{TEMP_SUFFIX}", std::process::id());
+        let init = format!(".out.img.1.init01{TEMP_SUFFIX}");
+        let other = format!(".other.img.{}.dead02{TEMP_SUFFIX}", 99_999_999u32);
+        for name in [&dead, &alive, &init, &other] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_temp_files(dir.path(), "out.img");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![alive, init, other];
+        expected.sort();
+        assert_eq!(left, expected);
     }
 
     #[test]

@@ -74,12 +74,41 @@ pub fn run(args: Args) -> Result<()> {
         if stdout.is_terminal() && !args.force {
             bail!("refusing to write binary data to a terminal: redirect it, or use --force");
         }
-        write_in_order(&image, pass, &mut stdout.lock(), &bar).context("writing to standard output")
+        write_in_order(&image, pass, &mut stdout.lock(), &bar, "standard output")
     } else {
         extract_to_path(&image, &args, pass, &bar)
     };
     bar.finish_and_clear();
-    result.with_context(|| format!("extracting {}", args.image.display()))
+    result
+        .with_context(|| format!("extracting {}", args.image.display()))
+        .map_err(one_sentence)
+}
+
+/// The error as one sentence: its chain joined with `": "`, leaving out a cause whose text the
+/// message already holds (the errors of the libraries print their I/O or codec cause in their
+/// own message *and* report it as their source, which `{:#}` would print twice).
+pub(crate) fn one_sentence(error: anyhow::Error) -> anyhow::Error {
+    if error.downcast_ref::<super::ExitStatus>().is_some() {
+        return error;
+    }
+    anyhow::Error::msg(describe(&error))
+}
+
+/// The error and its causes on one line, each cause once: library errors print their cause
+/// in their own message and also report it as their source.
+pub(crate) fn describe(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Writes to OUT: a new regular file through a temporary file, or an existing device in place.
@@ -101,8 +130,8 @@ fn extract_to_path(
                 .write(true)
                 .open(out)
                 .with_context(|| format!("opening {}", out.display()))?;
-            write_in_order(image, pass, &mut file, bar)
-                .with_context(|| format!("writing {}", out.display()))?;
+            let name = out.display().to_string();
+            write_in_order(image, pass, &mut file, bar, &name)?;
             return file
                 .flush()
                 .with_context(|| format!("writing {}", out.display()));
@@ -123,8 +152,14 @@ fn extract_to_path(
         .permissions(Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    write_at_offsets(image, pass, temp.as_file(), !args.no_sparse, bar)
-        .with_context(|| format!("writing {}", temp.path().display()))?;
+    write_at_offsets(
+        image,
+        pass,
+        temp.as_file(),
+        !args.no_sparse,
+        bar,
+        &out.display().to_string(),
+    )?;
     let persisted = if args.force {
         temp.persist(out)
     } else {
@@ -137,13 +172,15 @@ fn extract_to_path(
 }
 
 /// Decodes on all threads and writes each block at its offset; zero blocks become holes when
-/// `sparse`. The file ends up exactly `image.size()` bytes long.
+/// `sparse`. The file ends up exactly `image.size()` bytes long. Errors name the block that failed to decode, or `name` and the
+/// byte offset of a failed write.
 fn write_at_offsets(
     image: &Image,
     pass: ParallelOptions,
     file: &File,
     sparse: bool,
     bar: &ProgressBar,
+    name: &str,
 ) -> Result<()> {
     let size = image.size();
     let bs = u64::from(image.block_size());
@@ -169,12 +206,14 @@ fn write_at_offsets(
             Decoded::Data(data) => Some(&data[..take]),
         };
         if let Some(data) = data {
-            file.write_all_at(data, at)?;
+            file.write_all_at(data, at)
+                .with_context(|| format!("writing {name} at byte {at}"))?;
         }
         bar.inc(take as u64);
         Ok(())
     })?;
-    file.set_len(size)?;
+    file.set_len(size)
+        .with_context(|| format!("setting the length of {name} to {size} bytes"))?;
     Ok(())
 }
 
@@ -184,6 +223,7 @@ fn write_in_order(
     pass: ParallelOptions,
     out: &mut impl Write,
     bar: &ProgressBar,
+    name: &str,
 ) -> Result<()> {
     let size = image.size();
     let bs = u64::from(image.block_size());
@@ -198,11 +238,12 @@ fn write_in_order(
             Decoded::Zero => &zeros[..take],
             Decoded::Data(data) => &data[..take],
         };
-        out.write_all(data)?;
+        out.write_all(data)
+            .with_context(|| format!("writing {name} at byte {at}"))?;
         bar.inc(take as u64);
         Ok(())
     })?;
-    out.flush()?;
+    out.flush().with_context(|| format!("writing {name}"))?;
     Ok(())
 }
 
@@ -216,6 +257,39 @@ fn is_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_sentence_prints_each_cause_once() {
+        /// Prints its cause in its own message and also reports it as its source, as the
+        /// libraries' errors do.
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "reading block 3: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::other("Input/output error");
+        let error = anyhow::Error::new(Wrapped(io)).context("extracting img");
+        assert_eq!(
+            format!("{error:#}"),
+            "extracting img: reading block 3: Input/output error: Input/output error"
+        );
+        assert_eq!(
+            one_sentence(error).to_string(),
+            "extracting img: reading block 3: Input/output error"
+        );
+        let status = anyhow::Error::new(crate::cmd::ExitStatus {
+            code: 3,
+            message: "img is damaged".into(),
+        });
+        assert_eq!(crate::cmd::exit_code(&one_sentence(status)), 3);
+    }
 
     #[test]
     fn zero_test_looks_at_every_byte() {

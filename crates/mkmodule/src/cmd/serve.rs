@@ -17,8 +17,9 @@ use anyhow::{bail, Context, Result};
 use mkmodule_format::FormatError;
 use mkmodule_image::{Image, ImageError, OpenOptions};
 use mkmodule_nbd::{
-    stderr_logger, DefaultExport, Export, ExportEntry, FileExport, Listener, ReloadHandle, Server,
-    ServerConfig,
+    stderr_logger, DefaultExport, Export, ExportEntry, FileExport, IpNet, Listener, ReloadHandle,
+    Server, ServerConfig, TlsCredentials, TlsMode, CA_CERT, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    SERVER_CERT, SERVER_KEY,
 };
 use mkmodule_overlay::{check_chunk_size, Overlay, OverlayOptions};
 
@@ -36,8 +37,12 @@ Examples:
   mkmodule serve --cow root.cow KNOPPIX       writable; changes kept in root.cow across restarts
   mkmodule serve KNOPPIX --cow                writable; changes kept in memory until exit
   mkmodule serve -b 0.0.0.0 --exports-file /etc/mkmodule/exports
+  mkmodule serve -b 0.0.0.0 --allow 192.168.1.0/24 --tls=require --tls-certificates DIR KNOPPIX
 Clients: nbdinfo nbd://127.0.0.1/KNOPPIX, qemu-img info nbd://127.0.0.1:10809/KNOPPIX,
 nbd-client HOST 10809 /dev/nbd0 -N KNOPPIX -b 4096
+Over TLS: nbdinfo 'nbds://HOST/KNOPPIX?tls-certificates=DIR', qemu-img info --object
+tls-creds-x509,id=tls0,dir=DIR,endpoint=client --image-opts
+driver=nbd,server.type=inet,server.host=HOST,server.port=10809,export=KNOPPIX,tls-creds=tls0
 
 Signals: SIGINT/SIGTERM stop the server. SIGHUP reloads the exports without dropping a
 connection: it re-reads --exports-file and reopens every image whose file changed (replace an
@@ -95,6 +100,39 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_connections: usize,
 
+    /// Most simultaneous connections from one client address (TCP); further ones are closed at
+    /// once. 16 leaves room for multi-connection clients (nbdcopy and nbdfuse open 4) while one
+    /// machine cannot take every slot; 0 means no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    max_connections_per_client: usize,
+
+    /// Seconds a client may take from connecting to choosing its export; slower ones (stalled
+    /// or deliberately slow handshakes) are closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    handshake_timeout: u64,
+
+    /// Accept TCP clients from this address or network only (repeatable; IPv4 or IPv6, e.g.
+    /// 192.168.1.0/24, 10.1.2.3, fd00::/8). Others are closed right after accept. Without
+    /// --allow every address may connect; clients on the unix socket always may.
+    #[arg(long = "allow", value_name = "ADDR[/PREFIX]")]
+    allow: Vec<IpNet>,
+
+    /// TLS (NBD_OPT_STARTTLS): off; on (clients choose, plaintext ones are served too); require
+    /// (every option but STARTTLS is refused with "TLS required", and a plaintext client gets no
+    /// export). on and require need --tls-certificates.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = TlsArg::Off)]
+    tls: TlsArg,
+
+    /// Directory of the TLS credentials, laid out as for qemu and nbdkit: server-cert.pem,
+    /// server-key.pem, and ca-cert.pem (used with --tls-verify-peer).
+    #[arg(long, value_name = "DIR")]
+    tls_certificates: Option<PathBuf>,
+
+    /// Require a client certificate signed by DIR/ca-cert.pem; clients without one fail the TLS
+    /// handshake.
+    #[arg(long)]
+    tls_verify_peer: bool,
+
     /// Worker threads that decode and answer requests (default: 4 per core, 8 to 64).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -116,6 +154,65 @@ pub struct Args {
     /// of two from 4K to 1M.
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     cow_chunk_size: u64,
+}
+
+/// `--tls` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsArg {
+    /// No TLS.
+    Off,
+    /// TLS at the client's choice.
+    On,
+    /// TLS required.
+    Require,
+}
+
+/// Loads the TLS credentials the options ask for; `None` with `--tls=off`.
+fn tls_settings(args: &Args) -> Result<(TlsMode, Option<TlsCredentials>)> {
+    let mode = match args.tls {
+        TlsArg::Off => TlsMode::Off,
+        TlsArg::On => TlsMode::On,
+        TlsArg::Require => TlsMode::Require,
+    };
+    let Some(dir) = &args.tls_certificates else {
+        if mode != TlsMode::Off {
+            bail!(
+                "--tls={} needs --tls-certificates DIR (holding {SERVER_CERT}, {SERVER_KEY} and \
+                 {CA_CERT})",
+                if mode == TlsMode::On { "on" } else { "require" }
+            );
+        }
+        if args.tls_verify_peer {
+            bail!("--tls-verify-peer needs --tls=on or --tls=require and --tls-certificates DIR");
+        }
+        return Ok((mode, None));
+    };
+    if mode == TlsMode::Off {
+        bail!(
+            "--tls-certificates {} is given but TLS is off: add --tls=require (or --tls=on)",
+            dir.display()
+        );
+    }
+    let creds = TlsCredentials::load(dir, args.tls_verify_peer)
+        .with_context(|| format!("loading the TLS credentials from {}", dir.display()))?;
+    eprintln!(
+        "mkmodule: TLS {}, certificate {}{}",
+        if mode == TlsMode::Require {
+            "required"
+        } else {
+            "offered"
+        },
+        dir.join(SERVER_CERT).display(),
+        if args.tls_verify_peer {
+            format!(
+                "; client certificates must be signed by {}",
+                dir.join(CA_CERT).display()
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok((mode, Some(creds)))
 }
 
 /// One export as given on the command line or in the exports file.
@@ -536,6 +633,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let (tls_mode, tls_credentials) = tls_settings(&args)?;
     let chunk_size = u32::try_from(args.cow_chunk_size)
         .ok()
         .filter(|&n| check_chunk_size(n).is_ok())
@@ -572,8 +670,20 @@ pub fn run(args: Args) -> Result<()> {
     exports.open_all()?;
 
     let logger = stderr_logger();
+    let per_client = match args.max_connections_per_client {
+        0 => usize::MAX,
+        n => n,
+    };
+    if !args.allow.is_empty() {
+        let nets: Vec<String> = args.allow.iter().map(ToString::to_string).collect();
+        eprintln!("mkmodule: TCP clients allowed from {}", nets.join(", "));
+    }
     let mut config = ServerConfig::new()
         .with_max_connections(args.max_connections)
+        .with_max_connections_per_client(per_client)
+        .with_handshake_timeout(std::time::Duration::from_secs(args.handshake_timeout))
+        .with_allowed_clients(args.allow.clone())
+        .with_tls(tls_mode, tls_credentials)
         .with_trace(args.verbose)
         .with_logger(logger.clone());
     if let Some(threads) = args.threads {
@@ -693,6 +803,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("power of two"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_admission_options() {
+        let a = parse(&["KNOPPIX"]);
+        assert_eq!((a.tls, a.max_connections_per_client), (TlsArg::Off, 16));
+        assert!(a.allow.is_empty());
+        let a = parse(&[
+            "--allow",
+            "10.0.0.0/8",
+            "--allow=fd00::/8",
+            "--tls=require",
+            "--tls-certificates",
+            "/nonexistent",
+            "KNOPPIX",
+        ]);
+        assert_eq!(a.allow.len(), 2);
+        assert_eq!(a.tls, TlsArg::Require);
+        let err = error_text(&tls_settings(&a).unwrap_err());
+        assert!(err.contains("/nonexistent/server-cert.pem"), "{err}");
+        let bad = Cli::try_parse_from(["serve", "--allow", "10.0.0.0/33", "K"]).unwrap_err();
+        assert!(bad.to_string().contains("10.0.0.0/33"), "{bad}");
+        let err = tls_settings(&parse(&["--tls=on", "K"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-certificates"), "{err}");
+        let err = tls_settings(&parse(&["--tls-certificates", "d", "K"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TLS is off"), "{err}");
+        let err = tls_settings(&parse(&["--tls-verify-peer", "K"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-verify-peer"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mkmodule_format::DigestAlgorithm;
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
@@ -82,7 +82,9 @@ pub fn run(args: Args) -> Result<()> {
         Ok(image) => check(&image, &args, &mut report),
         Err(error) if error.is_damage() => report.error = Some(error.to_string()),
         Err(error) => {
-            return Err(error).with_context(|| format!("opening {}", args.image.display()))
+            return Err(super::extract::one_sentence(
+                anyhow::Error::from(error).context(format!("opening {}", args.image.display())),
+            ))
         }
     }
     report.ok = report.error.is_none()
@@ -101,17 +103,42 @@ pub fn run(args: Args) -> Result<()> {
     if report.ok {
         return Ok(());
     }
-    let what = match (&report.error, report.bad_blocks.len()) {
-        (Some(error), _) => error.clone(),
-        (None, 0) => "the content does not match its recorded digest".to_string(),
-        (None, 1) => "1 bad block".to_string(),
-        (None, n) => format!("{n} bad blocks"),
-    };
+    let what = damage_summary(&report);
     Err(ExitStatus {
         code: EXIT_DAMAGED,
         message: format!("{} is damaged: {what}", args.image.display()),
     }
     .into())
+}
+
+/// What is wrong, in one sentence naming where: the open error, the (first) bad block, the
+/// trailer's problem, or the digest.
+fn damage_summary(report: &Report) -> String {
+    match (&report.error, report.bad_blocks.as_slice()) {
+        (Some(error), _) => error.clone(),
+        (None, [bad]) => format!("1 bad block: {}", bad_block_text(bad)),
+        (None, [first, ..]) => format!(
+            "{} bad blocks, the first: {}",
+            report.bad_blocks.len(),
+            bad_block_text(first)
+        ),
+        (None, []) => match &report.trailer_problem {
+            Some(problem) => problem.clone(),
+            None => "the content does not match its recorded digest".to_string(),
+        },
+    }
+}
+
+/// A bad block's reason, which names the block and offset (prefixed when it does not).
+fn bad_block_text(bad: &BadBlock) -> String {
+    if bad.reason.starts_with("block ") {
+        bad.reason.clone()
+    } else {
+        match bad.offset {
+            Some(offset) => format!("block {} at offset {offset}: {}", bad.index, bad.reason),
+            None => format!("block {}: {}", bad.index, bad.reason),
+        }
+    }
 }
 
 /// Decodes every block (hashing the content in order when the trailer has a digest).
@@ -233,4 +260,55 @@ fn print_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         report.blocks,
         report.bad_blocks.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(bad: &[(u32, &str)], trailer: Option<&str>) -> Report {
+        Report {
+            image: "img".into(),
+            ok: false,
+            error: None,
+            dialect: Some("v2"),
+            blocks: 10,
+            bad_blocks: bad
+                .iter()
+                .map(|&(index, reason)| BadBlock {
+                    index,
+                    offset: Some(1000),
+                    reason: reason.into(),
+                })
+                .collect(),
+            digest: None,
+            trailer_problem: trailer.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_summary_names_the_first_bad_block_or_the_trailer() {
+        let one = report(
+            &[(7, "block 7 at offset 1000 (20 bytes, zlib): corrupt")],
+            None,
+        );
+        assert_eq!(
+            damage_summary(&one),
+            "1 bad block: block 7 at offset 1000 (20 bytes, zlib): corrupt"
+        );
+        let two = report(&[(3, "odd"), (7, "block 7: x")], None);
+        assert_eq!(
+            damage_summary(&two),
+            "2 bad blocks, the first: block 3 at offset 1000: odd"
+        );
+        let trailer = report(&[], Some("mkmodule trailer at offset 9 is corrupt"));
+        assert_eq!(
+            damage_summary(&trailer),
+            "mkmodule trailer at offset 9 is corrupt"
+        );
+        assert_eq!(
+            damage_summary(&report(&[], None)),
+            "the content does not match its recorded digest"
+        );
+    }
 }
