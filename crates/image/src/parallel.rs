@@ -218,7 +218,14 @@ impl Image {
         if skip_zero && self.core.zero.is_zero(block) {
             return Ok(true);
         }
-        self.core.blocks().decode(block, buf)?;
+        // A shared block decodes as the block it shares bytes with, as `Image::block` (and the
+        // cache) has it: the final block may be a back-reference, and the leniency reserved
+        // for a final block must not make the two disagree.
+        let key = self.core.cache_key(block);
+        self.core
+            .blocks()
+            .decode(key, buf)
+            .map_err(|e| e.for_block(block))?;
         Ok(false)
     }
 }

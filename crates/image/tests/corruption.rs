@@ -528,3 +528,44 @@ fn a_damaged_trailer_is_reported_and_ignored() {
     ));
     assert_eq!(image.size(), 20480);
 }
+
+/// Found by the read_adapter fuzz target: the final block of a dedup image is a back-reference
+/// to a block whose bytes are not a valid block. `Image::block` decodes it as the block it
+/// points to (strictly: that block is not the final one); a parallel pass decoded it as the
+/// final block and took the final block's leniency, so `verify` and reads disagreed.
+#[test]
+fn a_shared_final_block_decodes_the_same_in_reads_and_passes() {
+    let input = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/read_adapter/final-block-shared-decodes-as-its-target"
+    ))
+    .unwrap();
+    // The fuzz input: flags, an op count, 5 bytes per op, then the image.
+    let image_at = 2 + 5 * usize::from(input[1] % 32);
+    let image = open_bytes(&input[image_at..]).unwrap();
+    let last = image.num_blocks() - 1;
+    assert!(matches!(
+        image.index().get(last as usize).map(|e| e.kind),
+        Some(mkmodule_format::BlockKind::Shared { .. })
+    ));
+    let read = image
+        .block(last)
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string());
+    for threads in [1, 2] {
+        let pass = mkmodule_image::ParallelOptions {
+            threads,
+            skip_zero: false,
+        };
+        let _ = image.par_blocks(pass, |i, decoded| -> Result<(), ()> {
+            if i == last {
+                let got = decoded.map(|d| match d {
+                    mkmodule_image::Decoded::Data(b) => b.to_vec(),
+                    mkmodule_image::Decoded::Zero => vec![0; image.block_size() as usize],
+                });
+                assert_eq!(got.map_err(|e| e.to_string()), read);
+            }
+            Ok(())
+        });
+    }
+}
