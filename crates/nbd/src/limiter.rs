@@ -114,7 +114,7 @@ impl Limiter {
     /// Then the bytes are taken from the server-wide budget, waiting for room there unless
     /// the request is the connection's only one in flight and at most [`GUARANTEED_BYTES`].
     pub(crate) fn acquire(&self, bytes: usize) -> bool {
-        let alone = {
+        {
             let mut s = self.lock();
             loop {
                 if s.closed {
@@ -125,16 +125,24 @@ impl Limiter {
                 if fits_count && fits_bytes {
                     s.count += 1;
                     s.bytes = s.bytes.saturating_add(bytes);
-                    break s.count == 1;
+                    break;
                 }
                 s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-        };
-        let forced = alone && bytes <= GUARANTEED_BYTES;
-        while !self.budget.take(bytes, forced) {
-            if self.is_closed() {
+        }
+        loop {
+            // Alone means this request is the connection's only one in flight; that can
+            // become true while it waits, as the connection's earlier replies leave.
+            let (closed, alone) = {
+                let s = self.lock();
+                (s.closed, s.count == 1)
+            };
+            if closed {
                 self.release_local(bytes);
                 return false;
+            }
+            if self.budget.take(bytes, alone && bytes <= GUARANTEED_BYTES) {
+                break;
             }
         }
         self.lock().held += bytes;
@@ -289,9 +297,12 @@ mod tests {
         let t = std::thread::spawn(move || o2.acquire(512 << 10));
         std::thread::sleep(Duration::from_millis(150));
         assert!(!t.is_finished());
-        // and proceeds once the hog's replies have left.
-        hog.release(1 << 20);
+        // and proceeds once its own first reply has left (it is then alone), although the
+        // hog still holds the whole budget.
+        other.release(512 << 10);
         assert!(t.join().unwrap());
+        assert_eq!(budget.used(), (2 << 20) + (512 << 10));
+        hog.release(1 << 20);
         // A request over the guarantee waits even when alone, and gives up when closed.
         let big = Arc::new(Limiter::new(100, 64 << 20, Arc::clone(&budget)));
         let b2 = Arc::clone(&big);
@@ -301,7 +312,6 @@ mod tests {
         big.close();
         assert!(!t.join().unwrap());
         assert_eq!(big.in_flight(), 0);
-        other.release(512 << 10);
         other.release(512 << 10);
         assert_eq!(budget.used(), 1 << 20);
         // A connection that ends with a reply never released gives its bytes back.
