@@ -265,13 +265,12 @@ impl BlockIndex {
     /// index `parse` accepts passes this check, and the error is the one `parse` would give.
     pub fn check_entries(layout: &Layout, first: u64, bytes: &[u8]) -> Result<(), FormatError> {
         let n = u64::from(layout.header.num_blocks);
-        for (k, word) in bytes.chunks_exact(ENTRY_LEN as usize).enumerate() {
+        for k in 0..bytes.len() / ENTRY_LEN as usize {
             let i = first.saturating_add(k as u64);
             if i >= n {
                 break;
             }
-            let raw = u64::from_be_bytes(word.try_into().unwrap_or([0; 8]));
-            block_entry(layout, i as u32, raw)?;
+            block_entry(layout, i as u32, read_entry(bytes, k))?;
         }
         Ok(())
     }

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mkmodule: {}", cmd::extract::describe(&error));
+            eprintln!("mkmodule: {}", cmd::describe(&error));
             ExitCode::from(cmd::exit_code(&error))
         }
     }

@@ -574,21 +574,8 @@ mod tests {
 
     /// Feed `client` bytes to the option parser, then close; return how it ended.
     fn haggle_with(client: Vec<u8>) -> Result<Negotiated, Ended> {
-        use std::os::unix::net::UnixStream;
-        let (server_side, mut client_side) = UnixStream::pair().unwrap();
-        let feeder = std::thread::spawn(move || {
-            let _ = client_side.write_all(&client);
-            let _ = client_side.shutdown(std::net::Shutdown::Write);
-            let mut sink = Vec::new();
-            let _ = client_side.read_to_end(&mut sink);
-            sink
-        });
-        let mut stream = Stream::Unix(server_side);
-        let mut pump = None;
-        let r = negotiate(&mut stream, &config(), "test", &|| false, &mut pump);
-        drop(stream);
-        feeder.join().unwrap();
-        assert!(pump.is_none());
+        let (r, _, tls_started) = haggle_raw(&config(), client);
+        assert!(!tls_started);
         r
     }
 
@@ -674,6 +661,16 @@ mod tests {
 
     /// Like `haggle_with`, under `cfg`; also returns what the server sent.
     fn haggle_cfg(cfg: &ServerConfig, client: Vec<u8>) -> (Result<Negotiated, Ended>, Vec<u8>) {
+        let (r, sent, _) = haggle_raw(cfg, client);
+        (r, sent)
+    }
+
+    /// Feeds `client` bytes to the option parser under `cfg`, then closes; returns how it
+    /// ended, what the server sent, and whether a TLS pump was started.
+    fn haggle_raw(
+        cfg: &ServerConfig,
+        client: Vec<u8>,
+    ) -> (Result<Negotiated, Ended>, Vec<u8>, bool) {
         use std::os::unix::net::UnixStream;
         let (server_side, mut client_side) = UnixStream::pair().unwrap();
         let feeder = std::thread::spawn(move || {
@@ -687,7 +684,7 @@ mod tests {
         let mut pump = None;
         let r = negotiate(&mut stream, cfg, "test", &|| false, &mut pump);
         drop(stream);
-        (r, feeder.join().unwrap())
+        (r, feeder.join().unwrap(), pump.is_some())
     }
 
     fn tls_config(mode: TlsMode) -> (ServerConfig, tempfile::TempDir) {

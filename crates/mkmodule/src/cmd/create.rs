@@ -228,10 +228,6 @@ impl Plan {
 
 /// Runs `mkmodule create`.
 pub fn run(args: Args) -> Result<()> {
-    create(args).map_err(super::extract::one_sentence)
-}
-
-fn create(args: Args) -> Result<()> {
     let mut plan = Plan::from_args(args)?;
     let (input, input_len) = open_input(&plan.input, plan.size)?;
     plan.options.input_len = input_len;

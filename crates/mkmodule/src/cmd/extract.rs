@@ -79,36 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         extract_to_path(&image, &args, pass, &bar)
     };
     bar.finish_and_clear();
-    result
-        .with_context(|| format!("extracting {}", args.image.display()))
-        .map_err(one_sentence)
-}
-
-/// The error as one sentence: its chain joined with `": "`, leaving out a cause whose text the
-/// message already holds (the errors of the libraries print their I/O or codec cause in their
-/// own message *and* report it as their source, which `{:#}` would print twice).
-pub(crate) fn one_sentence(error: anyhow::Error) -> anyhow::Error {
-    if error.downcast_ref::<super::ExitStatus>().is_some() {
-        return error;
-    }
-    anyhow::Error::msg(describe(&error))
-}
-
-/// The error and its causes on one line, each cause once: library errors print their cause
-/// in their own message and also report it as their source.
-pub(crate) fn describe(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    message
+    result.with_context(|| format!("extracting {}", args.image.display()))
 }
 
 /// Writes to OUT: a new regular file through a temporary file, or an existing device in place.
@@ -257,39 +228,6 @@ fn is_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_sentence_prints_each_cause_once() {
-        /// Prints its cause in its own message and also reports it as its source, as the
-        /// libraries' errors do.
-        #[derive(Debug)]
-        struct Wrapped(std::io::Error);
-        impl std::fmt::Display for Wrapped {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "reading block 3: {}", self.0)
-            }
-        }
-        impl std::error::Error for Wrapped {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let io = std::io::Error::other("Input/output error");
-        let error = anyhow::Error::new(Wrapped(io)).context("extracting img");
-        assert_eq!(
-            format!("{error:#}"),
-            "extracting img: reading block 3: Input/output error: Input/output error"
-        );
-        assert_eq!(
-            one_sentence(error).to_string(),
-            "extracting img: reading block 3: Input/output error"
-        );
-        let status = anyhow::Error::new(crate::cmd::ExitStatus {
-            code: 3,
-            message: "img is damaged".into(),
-        });
-        assert_eq!(crate::cmd::exit_code(&one_sentence(status)), 3);
-    }
 
     #[test]
     fn zero_test_looks_at_every_byte() {

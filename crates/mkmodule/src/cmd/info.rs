@@ -87,8 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         ..OpenOptions::default()
     };
     let image = Image::open_with(&args.image, &options)
-        .with_context(|| format!("{} is not a readable image", args.image.display()))
-        .map_err(super::extract::one_sentence)?;
+        .with_context(|| format!("{} is not a readable image", args.image.display()))?;
     let info = collect(&image, args.blocks);
     let mut out = std::io::stdout().lock();
     if args.json {

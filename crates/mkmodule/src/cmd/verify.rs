@@ -82,9 +82,9 @@ pub fn run(args: Args) -> Result<()> {
         Ok(image) => check(&image, &args, &mut report),
         Err(error) if error.is_damage() => report.error = Some(error.to_string()),
         Err(error) => {
-            return Err(super::extract::one_sentence(
-                anyhow::Error::from(error).context(format!("opening {}", args.image.display())),
-            ))
+            return Err(
+                anyhow::Error::from(error).context(format!("opening {}", args.image.display()))
+            )
         }
     }
     report.ok = report.error.is_none()
