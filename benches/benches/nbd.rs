@@ -14,18 +14,17 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mkmodule_benches::{filesystem_like, random_offsets, NbdClient};
+use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 use mkmodule_image::Image;
-use mkmodule_nbd::{
-    null_logger, Export, Listener, MemoryExport, Server, ServerConfig, ServerHandle,
-};
+use mkmodule_nbd::{null_logger, Listener, Server, ServerConfig, ServerHandle};
 use mkmodule_pack::{pack, PackOptions, Sink};
 
 const INPUT: usize = 32 << 20;
 
 /// A cloop image as an export, as `mkmodule serve` adapts it.
-struct ImageExport(Image);
+struct ImageDevice(Image);
 
-impl Export for ImageExport {
+impl BlockDevice for ImageDevice {
     fn size(&self) -> u64 {
         self.0.size()
     }
@@ -41,7 +40,7 @@ impl Export for ImageExport {
     }
 }
 
-fn start(exports: Vec<(&str, Arc<dyn Export>)>) -> (ServerHandle, SocketAddr) {
+fn start(exports: Vec<(&str, Arc<dyn BlockDevice>)>) -> (ServerHandle, SocketAddr) {
     let mut config = ServerConfig::new().with_logger(null_logger());
     for (name, export) in exports {
         config = config.with_export(name, name, export);
@@ -64,8 +63,8 @@ fn serve(c: &mut Criterion) {
     pack(&data[..], Sink::Seekable(&mut file), &options, &|_| {}).expect("pack");
     let image = Image::open(&image_path).expect("open image");
     let (server, addr) = start(vec![
-        ("mem", Arc::new(MemoryExport::new(data))),
-        ("cloop", Arc::new(ImageExport(image))),
+        ("mem", Arc::new(MemoryDevice::new(data))),
+        ("cloop", Arc::new(ImageDevice(image))),
     ]);
     let offsets = random_offsets(INPUT as u64, 4096, 1 << 14, 11);
 

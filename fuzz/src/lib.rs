@@ -151,9 +151,10 @@ pub fn exercise_image(bytes: Vec<u8>, original_size: bool) -> Option<Vec<u8>> {
 /// Checks: the server ends the connection (no hang, no panic) once the client stopped sending,
 /// and its first bytes are the greeting.
 pub fn nbd_session(config_bits: u8, client: &[u8]) {
-    use mkmodule_nbd::{null_logger, MemoryExport, Server, ServerConfig};
+    use mkmodule_nbd::{null_logger, Server, ServerConfig};
+    use mkmodule_blockdev::MemoryDevice;
     let content: Vec<u8> = (0..16384u32).map(|i| (i * 7 % 253) as u8).collect();
-    let mut disk = MemoryExport::new(content).with_preferred_block_size(4096);
+    let mut disk = MemoryDevice::new(content).with_preferred_block_size(4096);
     if config_bits & 1 != 0 {
         disk = disk.writable();
     }
@@ -162,7 +163,7 @@ pub fn nbd_session(config_bits: u8, client: &[u8]) {
     }
     let mut config = ServerConfig::new()
         .with_export("disk", "fuzzed disk", Arc::new(disk))
-        .with_export("empty", "", Arc::new(MemoryExport::new(Vec::new())))
+        .with_export("empty", "", Arc::new(MemoryDevice::new(Vec::new())))
         .with_workers(1)
         .with_max_in_flight(4)
         .with_max_in_flight_bytes(1 << 20)

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use mkmodule_nbd::{Export, MemoryExport};
+use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 use mkmodule_overlay::{Overlay, OverlayOptions};
 
 /// Base size: 16 chunks of 4 KiB.
@@ -37,7 +37,7 @@ const PAGE: usize = 4096;
 /// metadata region) and the other non-zero pages, so that an input never copies or scans the
 /// whole 2 MiB file (the harness's own byte loops are instrumented, hence slow).
 struct Template {
-    base: Arc<dyn Export>,
+    base: Arc<dyn BlockDevice>,
     /// Length of the whole file.
     file_len: usize,
     /// Header, region 0 and region 1 windows: file offset and bytes.
@@ -65,7 +65,7 @@ fn template() -> &'static Template {
     static TEMPLATE: OnceLock<Template> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let content: Vec<u8> = (0..BASE_LEN).map(|i| (i * 13 % 251) as u8).collect();
-        let base: Arc<dyn Export> = Arc::new(MemoryExport::new(content));
+        let base: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(content));
         let dir = if std::path::Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {

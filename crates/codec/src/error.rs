@@ -1,5 +1,6 @@
 //! The one error type of this crate.
 
+use mkmodule_blockdev::ErrorKind;
 use mkmodule_format::{CodecKind, UnknownCodec};
 
 /// Why a block could not be compressed or decompressed, or a codec spec was refused.
@@ -94,6 +95,24 @@ pub enum CodecError {
 }
 
 impl CodecError {
+    /// What kind of failure this is: damaged data, a bad setting, a codec this build leaves
+    /// out, or the codec library failing.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CodecError::Corrupt { .. }
+            | CodecError::Empty { .. }
+            | CodecError::OutputTooLarge { .. }
+            | CodecError::SizeMismatch { .. }
+            | CodecError::MemoryLimit { .. } => ErrorKind::Corrupt,
+            CodecError::InvalidLevel { .. }
+            | CodecError::NoLevel { .. }
+            | CodecError::InvalidSpec { .. }
+            | CodecError::UnknownCodec(_) => ErrorKind::Config,
+            CodecError::Unsupported { .. } => ErrorKind::Unsupported,
+            CodecError::Backend { .. } => ErrorKind::Io,
+        }
+    }
+
     /// Shorthand for [`CodecError::Corrupt`].
     pub(crate) fn corrupt(codec: CodecKind, detail: impl Into<String>) -> Self {
         CodecError::Corrupt {

@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use mkmodule_blockdev::ErrorKind;
 use mkmodule_codec::{CodecError, CodecKind};
 use mkmodule_format::FormatError;
 
@@ -153,32 +154,48 @@ impl ImageError {
         }
     }
 
-    /// Whether the error means the image itself is damaged or malformed (as opposed to the
-    /// file being unreadable for an operating-system reason).
-    pub fn is_damage(&self) -> bool {
+    /// What kind of failure this is: damage, an operating-system error, a block that does not
+    /// exist, or a codec this build leaves out.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ImageError::Open { .. }
-            | ImageError::BlockIo { .. }
-            | ImageError::NoSuchBlock { .. } => false,
-            ImageError::Io { source, .. } => source.kind() == io::ErrorKind::UnexpectedEof,
+            ImageError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                ErrorKind::Corrupt
+            }
+            ImageError::Open { .. } | ImageError::Io { .. } | ImageError::BlockIo { .. } => {
+                ErrorKind::Io
+            }
+            ImageError::NoSuchBlock { .. } => ErrorKind::OutOfRange,
+            ImageError::Decode { source, .. } if source.kind() == ErrorKind::Unsupported => {
+                ErrorKind::Unsupported
+            }
             ImageError::Format(_)
             | ImageError::Truncated { .. }
             | ImageError::Decode { .. }
             | ImageError::ShortBlock { .. }
-            | ImageError::TrailerLength { .. } => true,
+            | ImageError::TrailerLength { .. } => ErrorKind::Corrupt,
         }
+    }
+
+    /// Whether the error means the image itself is damaged or malformed (as opposed to the
+    /// file being unreadable for an operating-system reason).
+    pub fn is_damage(&self) -> bool {
+        self.kind() == ErrorKind::Corrupt
     }
 }
 
 impl From<ImageError> for io::Error {
-    /// Damage becomes [`io::ErrorKind::InvalidData`]; operating-system errors keep their kind.
+    /// The I/O kind follows [`ImageError::kind`] (damage is `InvalidData`, a block that does
+    /// not exist `InvalidInput`); operating-system errors keep their own kind.
     fn from(error: ImageError) -> Self {
         let kind = match &error {
             ImageError::Open { source, .. }
             | ImageError::BlockIo { source, .. }
-            | ImageError::Io { source, .. } => source.kind(),
-            ImageError::NoSuchBlock { .. } => io::ErrorKind::InvalidInput,
-            _ => io::ErrorKind::InvalidData,
+            | ImageError::Io { source, .. }
+                if error.kind() == ErrorKind::Io =>
+            {
+                source.kind()
+            }
+            _ => error.kind().io_kind(),
         };
         io::Error::new(kind, error)
     }

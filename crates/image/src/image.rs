@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use mkmodule_blockdev::Extent;
 use mkmodule_format::{BlockIndex, BlockKind, Dialect, Layout, Trailer};
 
 use crate::cache::{Block, BlockCache, CacheStats, Lookup};
@@ -39,17 +40,6 @@ pub(crate) struct Core {
     pub(crate) cache: BlockCache,
     pub(crate) size: u64,
     pub(crate) zero_block: OnceLock<Block>,
-}
-
-/// A run of the exposed device that is either known to be zeros or holds data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    /// Byte offset in the exposed device.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Known to read as zeros (a hole for sparse output and NBD block status).
-    pub zero: bool,
 }
 
 impl Core {
@@ -287,10 +277,10 @@ impl Image {
                     if out.len() == MAX_EXTENTS {
                         break;
                     }
-                    out.push(Extent {
-                        offset: at,
-                        len: block_end - at,
-                        zero,
+                    out.push(if zero {
+                        Extent::zeroes(block_end - at)
+                    } else {
+                        Extent::data(block_end - at)
                     });
                 }
             }

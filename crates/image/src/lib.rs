@@ -41,6 +41,7 @@
 
 mod cache;
 mod decode;
+mod device;
 mod error;
 mod image;
 mod mmap;
@@ -52,8 +53,9 @@ mod source;
 mod zero_map;
 
 pub use cache::{Block, CacheStats};
+pub use device::ImageDevice;
 pub use error::ImageError;
-pub use image::{Extent, Image, MAX_EXTENTS};
+pub use image::{Image, MAX_EXTENTS};
 pub use open::{ExposedSize, OpenOptions, DEFAULT_CACHE_BYTES, DEFAULT_READAHEAD};
 pub use parallel::{Decoded, ParallelOptions};
 pub use read::ImageReader;

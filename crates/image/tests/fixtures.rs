@@ -124,26 +124,29 @@ fn zero_blocks_of_create_compressed_fs_are_found() {
     assert!((0..32).all(|i| image.is_zero_block(i)));
     assert!((32..128).all(|i| !image.is_zero_block(i)));
     assert_eq!(image.zero_extents(), vec![0..16384]);
-    let extents = image.extents(0, image.size());
+    // Extents run on from the asked offset: (offset, len, zero) of each.
+    let runs = |offset: u64, len: u64| -> Vec<(u64, u64, bool)> {
+        let mut at = offset;
+        image
+            .extents(offset, len)
+            .iter()
+            .map(|e| {
+                at += e.len;
+                (at - e.len, e.len, e.zero)
+            })
+            .collect()
+    };
+    let extents = runs(0, image.size());
     assert_eq!(extents.len(), 2);
-    assert!(extents[0].zero && extents[0].len == 16384);
-    assert!(!extents[1].zero && extents[1].offset == 16384 && extents[1].len == 65536 - 16384);
-    let inside = image.extents(100, 1000);
+    assert!(extents[0].2 && extents[0].1 == 16384);
+    assert!(!extents[1].2 && extents[1].0 == 16384 && extents[1].1 == 65536 - 16384);
+    let inside = runs(100, 1000);
     assert_eq!(inside.len(), 1);
-    assert_eq!(
-        (inside[0].offset, inside[0].len, inside[0].zero),
-        (100, 1000, true)
-    );
-    let across = image.extents(16000, 1000);
+    assert_eq!(inside[0], (100, 1000, true));
+    let across = runs(16000, 1000);
     assert_eq!(across.len(), 2);
-    assert_eq!(
-        (across[0].offset, across[0].len, across[0].zero),
-        (16000, 384, true)
-    );
-    assert_eq!(
-        (across[1].offset, across[1].len, across[1].zero),
-        (16384, 616, false)
-    );
+    assert_eq!(across[0], (16000, 384, true));
+    assert_eq!(across[1], (16384, 616, false));
     assert!(image.extents(65536, 10).is_empty());
     assert_eq!(image.extents(65000, 10_000).last().unwrap().len, 536);
 

@@ -1,7 +1,6 @@
 //! The `mkmodule` command line tool: a thin layer of clap commands over the libraries.
 
 mod cmd;
-mod image_export;
 mod progress;
 mod systemd;
 mod units;

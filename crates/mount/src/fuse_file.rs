@@ -1,6 +1,6 @@
 //! A FUSE filesystem that shows block exports as regular files: one directory (the mount
 //! point) holding one file per export, the size of the export, read through
-//! [`Export::read_at`] (and written through [`Export::write_at`] when the export is writable).
+//! [`BlockDevice::read_at`] (and written through [`BlockDevice::write_at`] when the export is writable).
 //! A loop device over such a file is a block device backed by a cloop image, with neither
 //! `cloop.ko` nor `nbd.ko`.
 //!
@@ -20,7 +20,7 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
     WriteFlags,
 };
-use mkmodule_nbd::Export;
+use mkmodule_blockdev::BlockDevice;
 
 /// How long the kernel may cache names and attributes: they never change.
 const TTL: Duration = Duration::from_secs(3600);
@@ -36,7 +36,7 @@ pub struct ExportFile {
     /// Its name in the mount point (no `/`).
     pub name: String,
     /// What it reads from (and writes to).
-    pub export: Arc<dyn Export>,
+    pub export: Arc<dyn BlockDevice>,
 }
 
 impl std::fmt::Debug for ExportFile {
@@ -488,12 +488,12 @@ pub fn mount(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mkmodule_nbd::MemoryExport;
+    use mkmodule_blockdev::MemoryDevice;
 
     fn file(name: &str) -> ExportFile {
         ExportFile {
             name: name.to_string(),
-            export: Arc::new(MemoryExport::new(vec![7u8; 4096])),
+            export: Arc::new(MemoryDevice::new(vec![7u8; 4096])),
         }
     }
 

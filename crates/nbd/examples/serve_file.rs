@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use mkmodule_nbd::{FileExport, Listener, Server, ServerConfig};
+use mkmodule_blockdev::FileDevice;
+use mkmodule_nbd::{Listener, Server, ServerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::path::Path::new(path)
         .file_stem()
         .map_or_else(|| "disk".into(), |s| s.to_string_lossy().into_owned());
-    let export = FileExport::open(path)?;
+    let export = FileDevice::open(path)?;
     let config = ServerConfig::new()
         .with_export(name.clone(), path.clone(), Arc::new(export))
         .with_trace(args.iter().any(|a| a == "--trace"));

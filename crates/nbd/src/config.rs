@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::export::Export;
 use crate::proto::MAX_STRING;
 use crate::tls::{TlsCredentials, TlsMode};
+use mkmodule_blockdev::BlockDevice;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,12 +45,12 @@ pub fn null_logger() -> Logger {
 /// One named export of the server.
 #[derive(Clone)]
 pub struct ExportEntry {
-    /// Export name as clients request it (≤ 4096 bytes of UTF-8).
+    /// BlockDevice name as clients request it (≤ 4096 bytes of UTF-8).
     pub name: String,
     /// Human-readable description shown by `nbdinfo` (may be empty).
     pub description: String,
     /// The data behind the export.
-    pub export: Arc<dyn Export>,
+    pub export: Arc<dyn BlockDevice>,
 }
 
 impl fmt::Debug for ExportEntry {
@@ -182,7 +182,7 @@ impl ServerConfig {
         mut self,
         name: impl Into<String>,
         description: impl Into<String>,
-        export: Arc<dyn Export>,
+        export: Arc<dyn BlockDevice>,
     ) -> Self {
         self.exports.push(ExportEntry {
             name: name.into(),
@@ -469,10 +469,10 @@ impl fmt::Display for IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::MemoryExport;
+    use mkmodule_blockdev::MemoryDevice;
 
-    fn mem() -> Arc<dyn Export> {
-        Arc::new(MemoryExport::new(vec![0; 512]))
+    fn mem() -> Arc<dyn BlockDevice> {
+        Arc::new(MemoryDevice::new(vec![0; 512]))
     }
 
     #[test]

@@ -103,21 +103,16 @@ impl NbdErrno {
     }
 }
 
-/// The error an export returns for operations it does not allow (maps to `EPERM`).
-pub fn not_permitted(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!("{what} not permitted: export is read-only"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn io_mapping() {
-        assert_eq!(NbdErrno::from_io(&not_permitted("write")), NbdErrno::Perm);
+        assert_eq!(
+            NbdErrno::from_io(&mkmodule_blockdev::read_only("write")),
+            NbdErrno::Perm
+        );
         assert_eq!(
             NbdErrno::from_io(&io::Error::new(io::ErrorKind::InvalidInput, "x")),
             NbdErrno::Inval

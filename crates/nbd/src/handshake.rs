@@ -4,10 +4,10 @@ use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use crate::config::{Level, ServerConfig};
-use crate::export::Export;
 use crate::listener::Stream;
 use crate::proto::*;
 use crate::tls::{self, Pump, TlsCredentials, TlsMode};
+use mkmodule_blockdev::BlockDevice;
 
 /// What option haggling agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ fn violation(msg: impl Into<String>) -> Ended {
 }
 
 /// Transmission flags for `export`, depending on whether structured replies are on.
-pub(crate) fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
+pub(crate) fn transmission_flags(export: &dyn BlockDevice, structured: bool) -> u16 {
     let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_CACHE;
     if export.can_multi_conn() {
         f |= TFLAG_CAN_MULTI_CONN;
@@ -65,7 +65,7 @@ pub(crate) fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
 }
 
 /// Preferred block size advertised: a power of two in [512, 32 MiB].
-pub(crate) fn preferred_block_size(export: &dyn Export) -> u32 {
+pub(crate) fn preferred_block_size(export: &dyn BlockDevice) -> u32 {
     let p = export.preferred_block_size().clamp(512, MAX_PAYLOAD);
     1 << (31 - p.leading_zeros())
 }
@@ -102,7 +102,7 @@ struct Haggle<'a> {
     deadline: Instant,
     peer: &'a str,
     structured: bool,
-    /// Export named by the last SET_META_CONTEXT and whether base:allocation was chosen.
+    /// BlockDevice named by the last SET_META_CONTEXT and whether base:allocation was chosen.
     meta: Option<(usize, bool)>,
     tls: TlsState,
     /// Options refused with `ERR_TLS_REQD` so far (for the closing log line).
@@ -175,7 +175,7 @@ impl Haggle<'_> {
         }
     }
 
-    fn export(&self, i: usize) -> &dyn Export {
+    fn export(&self, i: usize) -> &dyn BlockDevice {
         self.cfg.exports[i].export.as_ref()
     }
 
@@ -534,26 +534,26 @@ pub(crate) fn negotiate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::MemoryExport;
+    use mkmodule_blockdev::MemoryDevice;
 
     #[test]
     fn preferred_rounds_down_to_power_of_two() {
-        let e = MemoryExport::new(vec![]).with_preferred_block_size(65536 + 512);
+        let e = MemoryDevice::new(vec![]).with_preferred_block_size(65536 + 512);
         assert_eq!(preferred_block_size(&e), 65536);
-        let e = MemoryExport::new(vec![]).with_preferred_block_size(0);
+        let e = MemoryDevice::new(vec![]).with_preferred_block_size(0);
         assert_eq!(preferred_block_size(&e), 512);
-        let e = MemoryExport::new(vec![]).with_preferred_block_size(u32::MAX);
+        let e = MemoryDevice::new(vec![]).with_preferred_block_size(u32::MAX);
         assert_eq!(preferred_block_size(&e), MAX_PAYLOAD);
-        let e = MemoryExport::new(vec![]).with_preferred_block_size(3 * 512);
+        let e = MemoryDevice::new(vec![]).with_preferred_block_size(3 * 512);
         assert_eq!(preferred_block_size(&e), 1024);
     }
 
     #[test]
     fn flags_follow_export_and_structured() {
-        let ro = MemoryExport::new(vec![0; 512]);
+        let ro = MemoryDevice::new(vec![0; 512]);
         assert_eq!(transmission_flags(&ro, false), 0x0507);
         assert_eq!(transmission_flags(&ro, true), 0x0587);
-        let rw = MemoryExport::new(vec![0; 512]).writable();
+        let rw = MemoryDevice::new(vec![0; 512]).writable();
         let f = transmission_flags(&rw, false);
         assert_eq!(f & TFLAG_READ_ONLY, 0);
         assert_ne!(f & TFLAG_SEND_FUA, 0);
@@ -566,7 +566,7 @@ mod tests {
             .with_export(
                 "a",
                 "",
-                std::sync::Arc::new(MemoryExport::new(vec![1; 4096])),
+                std::sync::Arc::new(MemoryDevice::new(vec![1; 4096])),
             )
             .with_logger(crate::config::null_logger())
             .with_handshake_timeout(std::time::Duration::from_secs(5))

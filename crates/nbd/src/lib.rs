@@ -1,4 +1,4 @@
-//! NBD (Network Block Device) protocol and a threaded server over a small [`Export`] trait.
+//! NBD (Network Block Device) protocol and a threaded server over a small [`BlockDevice`] trait.
 //!
 //! The server speaks fixed newstyle with `NO_ZEROES`, the options `EXPORT_NAME`,
 //! `GO`, `INFO`, `LIST`, `ABORT`, `STRUCTURED_REPLY` and `LIST/SET_META_CONTEXT`
@@ -14,9 +14,10 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use mkmodule_nbd::{Listener, MemoryExport, Server, ServerConfig};
+//! use mkmodule_nbd::{Listener, Server, ServerConfig};
+//! use mkmodule_blockdev::MemoryDevice;
 //!
-//! let export = Arc::new(MemoryExport::new(vec![0; 1 << 20]).with_zero_extents(4096));
+//! let export = Arc::new(MemoryDevice::new(vec![0; 1 << 20]).with_zero_extents(4096));
 //! let config = ServerConfig::new().with_export("disk", "an empty disk", export);
 //! let listener = Listener::bind_tcp("127.0.0.1:10809".parse().unwrap()).unwrap();
 //! let server = Server::start(config, [listener]).unwrap();
@@ -28,7 +29,6 @@
 mod bufpool;
 mod config;
 mod error;
-mod export;
 mod handshake;
 mod limiter;
 mod listener;
@@ -42,8 +42,8 @@ pub use config::{
     null_logger, stderr_logger, DefaultExport, ExportEntry, IpNet, IpNetError, Level, Logger,
     ServerConfig, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 };
-pub use error::{not_permitted, Error, NbdErrno, Result};
-pub use export::{Export, Extent, FileExport, MemoryExport};
+pub use error::{Error, NbdErrno, Result};
+
 pub use listener::Listener;
 pub use server::{ReloadHandle, Server, ServerHandle, StopHandle};
 pub use tls::{TlsCredentials, TlsError, TlsMode, CA_CERT, SERVER_CERT, SERVER_KEY};

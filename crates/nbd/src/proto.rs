@@ -157,6 +157,11 @@ pub const STATE_HOLE: u32 = 1 << 0;
 /// Block status flag: reads as zeroes.
 pub const STATE_ZERO: u32 = 1 << 1;
 
+/// The `base:allocation` flags of an extent: [`STATE_HOLE`] and [`STATE_ZERO`] as it says.
+pub fn extent_flags(extent: &mkmodule_blockdev::Extent) -> u32 {
+    (if extent.hole { STATE_HOLE } else { 0 }) | (if extent.zero { STATE_ZERO } else { 0 })
+}
+
 /// The only metadata context this server offers.
 pub const CONTEXT_BASE_ALLOCATION: &str = "base:allocation";
 /// Context id we assign to `base:allocation`.
@@ -374,7 +379,7 @@ impl InfoRequest {
 /// Parsed payload of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaRequest {
-    /// Export name the contexts apply to.
+    /// BlockDevice name the contexts apply to.
     pub name: String,
     /// Context queries (`namespace:leaf`).
     pub queries: Vec<String>,

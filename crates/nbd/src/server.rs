@@ -253,10 +253,11 @@ impl Server {
     /// use std::io::{Read, Write};
     /// use std::os::unix::net::UnixStream;
     /// use std::sync::Arc;
-    /// use mkmodule_nbd::{null_logger, MemoryExport, Server, ServerConfig};
+    /// use mkmodule_nbd::{null_logger, Server, ServerConfig};
+    /// use mkmodule_blockdev::MemoryDevice;
     ///
     /// let config = ServerConfig::new()
-    ///     .with_export("disk", "", Arc::new(MemoryExport::new(vec![0; 4096])))
+    ///     .with_export("disk", "", Arc::new(MemoryDevice::new(vec![0; 4096])))
     ///     .with_workers(1)
     ///     .with_logger(null_logger());
     /// let (server_end, mut client) = UnixStream::pair()?;
@@ -645,15 +646,15 @@ mod tests {
 
     use super::*;
     use crate::config::null_logger;
-    use crate::export::{Export, MemoryExport};
     use crate::listener::Listener;
     use crate::proto::*;
+    use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 
     fn entry(name: &str, fill: u8) -> ExportEntry {
         ExportEntry {
             name: name.into(),
             description: format!("filled with {fill}"),
-            export: Arc::new(MemoryExport::new(vec![fill; 4096])) as Arc<dyn Export>,
+            export: Arc::new(MemoryDevice::new(vec![fill; 4096])) as Arc<dyn BlockDevice>,
         }
     }
 
@@ -833,7 +834,7 @@ mod tests {
             .with_logger(null_logger())
             .with_workers(2)
             .with_tls(TlsMode::Require, Some(creds))
-            .with_export("a", "", Arc::new(MemoryExport::new(vec![7; 4 << 20])));
+            .with_export("a", "", Arc::new(MemoryDevice::new(vec![7; 4 << 20])));
         let l = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
         let server = Server::start(config, [l]).unwrap();
         let addr = server.local_addr().unwrap();

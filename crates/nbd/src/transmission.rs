@@ -10,12 +10,12 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::bufpool::BufPool;
 use crate::config::{Level, Logger};
 use crate::error::NbdErrno;
-use crate::export::Export;
 use crate::handshake::Negotiated;
 use crate::limiter::{Budget, Limiter};
 use crate::listener::Stream;
 use crate::pool::Job;
 use crate::proto::*;
+use mkmodule_blockdev::BlockDevice;
 
 /// Warnings logged per connection before further ones are suppressed.
 const MAX_WARNINGS: u32 = 10;
@@ -87,7 +87,7 @@ enum WriterMsg {
 
 /// State shared by the reader, the workers running this connection's jobs and the writer.
 struct Conn {
-    export: Arc<dyn Export>,
+    export: Arc<dyn BlockDevice>,
     bufs: Arc<BufPool>,
     neg: Negotiated,
     limiter: Limiter,
@@ -281,7 +281,7 @@ enum Segment {
 }
 
 /// Split `[offset, offset+len)` into data and hole segments from the export's extents.
-fn plan_segments(extents: &[crate::export::Extent], offset: u64, len: u64) -> Vec<Segment> {
+fn plan_segments(extents: &[mkmodule_blockdev::Extent], offset: u64, len: u64) -> Vec<Segment> {
     let end = offset + len;
     // First clip the extents to the request and join runs with the same zero state.
     let mut runs: Vec<(u64, bool)> = Vec::new();
@@ -432,7 +432,7 @@ fn block_status_reply(conn: &Conn, req: &Request) -> Vec<u8> {
         if n == 0 {
             continue;
         }
-        let flags = e.flags();
+        let flags = extent_flags(e);
         let full = pairs.len() >= max;
         match pairs.last_mut() {
             Some((l, f)) if *f == flags => *l += n as u32,
@@ -561,7 +561,7 @@ impl Drop for JobGuard {
 
 /// Everything a transmission session needs besides the socket.
 pub(crate) struct Session {
-    pub export: Arc<dyn Export>,
+    pub export: Arc<dyn BlockDevice>,
     pub neg: Negotiated,
     pub limits: Limits,
     pub jobs: Sender<Job>,
@@ -736,7 +736,7 @@ fn read_loop(conn: &Arc<Conn>, reader: &mut impl Read, jobs: &Sender<Job>) -> (E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::Extent;
+    use mkmodule_blockdev::Extent;
     use std::os::unix::net::UnixStream;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
@@ -764,7 +764,7 @@ mod tests {
         }
     }
 
-    impl Export for GatedExport {
+    impl BlockDevice for GatedExport {
         fn size(&self) -> u64 {
             1 << 20
         }
@@ -789,7 +789,7 @@ mod tests {
         let pool = crate::pool::Pool::new(1).unwrap();
         let (server_end, mut client) = UnixStream::pair().unwrap();
         let session = Session {
-            export: Arc::clone(&export) as Arc<dyn Export>,
+            export: Arc::clone(&export) as Arc<dyn BlockDevice>,
             neg: Negotiated {
                 export: 0,
                 structured: false,

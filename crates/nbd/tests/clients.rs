@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mkmodule_nbd::{Export, FileExport, Listener, MemoryExport, Server, ServerConfig};
+use mkmodule_blockdev::{BlockDevice, FileDevice, MemoryDevice};
+use mkmodule_nbd::{Listener, Server, ServerConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -242,13 +243,13 @@ fn qemu_io_reads_with_pattern_checks() {
 #[test]
 fn writable_memory_export_accepts_writes() {
     let export = Arc::new(
-        MemoryExport::new(test_data())
+        MemoryDevice::new(test_data())
             .with_zero_extents(GRANULE)
             .writable(),
     );
     let (logger, _) = collecting_logger();
     let config = ServerConfig::new()
-        .with_export("rw", "scratch", Arc::clone(&export) as Arc<dyn Export>)
+        .with_export("rw", "scratch", Arc::clone(&export) as Arc<dyn BlockDevice>)
         .with_logger(logger);
     let (server, addr) = start_tcp(config);
     let u = uri(addr, "rw");
@@ -336,7 +337,7 @@ fn file_export_serves_a_raw_file() {
     let data = test_data();
     let dir = tempfile::tempdir().unwrap();
     let reference = reference_file(dir.path(), &data);
-    let export = FileExport::open(&reference).unwrap();
+    let export = FileDevice::open(&reference).unwrap();
     let (logger, _) = collecting_logger();
     let config = ServerConfig::new()
         .with_export("raw", "a raw file", Arc::new(export))

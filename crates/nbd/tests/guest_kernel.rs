@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{collecting_logger, start_tcp, wait_until};
-use mkmodule_nbd::{FileExport, Level, ServerConfig};
+use mkmodule_blockdev::FileDevice;
+use mkmodule_nbd::{Level, ServerConfig};
 
 /// Size of the ext4 test image.
 const IMAGE_SIZE: &str = "24M";
@@ -234,7 +235,7 @@ fn kernel_nbd_client_reads_ext4_export_over_one_and_two_connections() {
     let image_md5 = md5_of(&img.image);
     let image_size = std::fs::metadata(&img.image).unwrap().len();
 
-    let export = Arc::new(FileExport::open(&img.image).unwrap());
+    let export = Arc::new(FileDevice::open(&img.image).unwrap());
     let (logger, log) = collecting_logger();
     let config = ServerConfig::new()
         .with_export("ext4", "ext4 test image", export.clone())

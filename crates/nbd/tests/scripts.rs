@@ -78,7 +78,7 @@ fn nbd_checks_py_passes_over_unix_socket_on_odd_sized_export() {
     let mut data = test_data();
     data.truncate((3 << 20) + 333);
     data[2 << 20..].fill(0);
-    let export = mkmodule_nbd::MemoryExport::new(data.clone()).with_zero_extents(GRANULE);
+    let export = mkmodule_blockdev::MemoryDevice::new(data.clone()).with_zero_extents(GRANULE);
     let (logger, _) = collecting_logger();
     let config = mkmodule_nbd::ServerConfig::new()
         .with_export("odd", "", std::sync::Arc::new(export))

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mkmodule_blockdev::MemoryDevice;
 use mkmodule_nbd::proto::*;
-use mkmodule_nbd::{null_logger, MemoryExport, Server, ServerConfig};
+use mkmodule_nbd::{null_logger, Server, ServerConfig};
 
 fn config(data: Vec<u8>) -> ServerConfig {
     ServerConfig::new()
-        .with_export("disk", "test disk", Arc::new(MemoryExport::new(data)))
+        .with_export("disk", "test disk", Arc::new(MemoryDevice::new(data)))
         .with_workers(1)
         .with_handshake_timeout(Duration::from_secs(5))
         .with_logger(null_logger())

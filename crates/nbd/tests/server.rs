@@ -9,8 +9,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 use mkmodule_nbd::proto::*;
-use mkmodule_nbd::{DefaultExport, Export, Level, MemoryExport, ServerConfig, ServerHandle};
+use mkmodule_nbd::{DefaultExport, Level, ServerConfig, ServerHandle};
 
 /// Run `f` on a thread and fail if it takes longer than `limit`.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -436,7 +437,7 @@ fn info_reports_canonical_name_description_and_block_size() {
 /// An export that fails or panics on chosen ranges.
 struct Faulty;
 
-impl Export for Faulty {
+impl BlockDevice for Faulty {
     fn size(&self) -> u64 {
         1 << 20
     }
@@ -559,10 +560,10 @@ fn logs_one_summary_line_per_connection_and_traces_on_request() {
 
 #[test]
 fn writes_on_a_writable_export_over_the_raw_protocol() {
-    let export = Arc::new(MemoryExport::new(vec![0u8; 1 << 20]).writable());
+    let export = Arc::new(MemoryDevice::new(vec![0u8; 1 << 20]).writable());
     let (logger, _) = collecting_logger();
     let cfg = ServerConfig::new()
-        .with_export("rw", "", Arc::clone(&export) as Arc<dyn Export>)
+        .with_export("rw", "", Arc::clone(&export) as Arc<dyn BlockDevice>)
         .with_logger(logger);
     let (server, addr) = start_tcp(cfg);
     let mut c = RawClient::connect(addr, "rw").unwrap();
@@ -603,7 +604,7 @@ fn writes_on_a_writable_export_over_the_raw_protocol() {
 fn many_requests_in_flight_are_capped_but_all_answered() {
     // A slow export makes requests pile up; with a cap of 4 every one still completes.
     struct Slow(AtomicUsize);
-    impl Export for Slow {
+    impl BlockDevice for Slow {
         fn size(&self) -> u64 {
             1 << 20
         }
@@ -617,7 +618,7 @@ fn many_requests_in_flight_are_capped_but_all_answered() {
     let slow = Arc::new(Slow(AtomicUsize::new(0)));
     let (logger, _) = collecting_logger();
     let cfg = ServerConfig::new()
-        .with_export("s", "", Arc::clone(&slow) as Arc<dyn Export>)
+        .with_export("s", "", Arc::clone(&slow) as Arc<dyn BlockDevice>)
         .with_logger(logger)
         .with_max_in_flight(4)
         .with_max_in_flight_bytes(8192);
@@ -643,7 +644,7 @@ fn a_client_that_never_reads_replies_cannot_make_the_server_read_ahead() {
     // Counts the export reads: with 4 requests in flight and 4 MiB replies the server
     // may only get as far ahead as the in-flight cap plus what the socket buffers hold.
     struct Counting(AtomicUsize);
-    impl Export for Counting {
+    impl BlockDevice for Counting {
         fn size(&self) -> u64 {
             64 << 20
         }
@@ -656,7 +657,7 @@ fn a_client_that_never_reads_replies_cannot_make_the_server_read_ahead() {
     let export = Arc::new(Counting(AtomicUsize::new(0)));
     let (logger, _) = collecting_logger();
     let cfg = ServerConfig::new()
-        .with_export("c", "", Arc::clone(&export) as Arc<dyn Export>)
+        .with_export("c", "", Arc::clone(&export) as Arc<dyn BlockDevice>)
         .with_logger(logger)
         .with_max_in_flight(4);
     let (server, addr) = start_tcp(cfg);

@@ -30,7 +30,7 @@ impl ChunkState {
 /// How an export of `size` bytes is cut into chunks of a power-of-two size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
-    /// Export size in bytes.
+    /// BlockDevice size in bytes.
     pub size: u64,
     /// Chunk size in bytes (a power of two).
     pub chunk: u64,
@@ -188,13 +188,6 @@ impl ChunkMap {
     }
 }
 
-/// Whether every byte is zero.
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    // OR-folding fixed-size pieces vectorises; an early exit per byte would not.
-    buf.chunks(64)
-        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,17 +242,5 @@ mod tests {
         m.redirty(&[(5, ChunkState::Data)]);
         assert_eq!(m.take_dirty(), vec![(5, ChunkState::Base)]);
         assert_eq!(m.counts(), (1, 2));
-    }
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[]));
-        assert!(is_zero(&[0; 13]));
-        let mut b = vec![0u8; 100];
-        b[99] = 1;
-        assert!(!is_zero(&b));
-        b[99] = 0;
-        b[3] = 1;
-        assert!(!is_zero(&b));
     }
 }

@@ -1,7 +1,7 @@
 //! A fingerprint of the base's content, recorded in an overlay file so that reopening it over
 //! another image is refused.
 
-use mkmodule_nbd::Export;
+use mkmodule_blockdev::BlockDevice;
 use sha2::{Digest, Sha256};
 
 use crate::OverlayError;
@@ -16,7 +16,7 @@ const SAMPLE_LEN: u64 = 64 << 10;
 /// in between (about 3 MiB read, whatever the base size): enough to tell images apart
 /// (filesystem superblocks, UUIDs and timestamps sit near the start), cheap enough to compute
 /// at every open.
-pub fn fingerprint(base: &dyn Export) -> Result<[u8; 32], OverlayError> {
+pub fn fingerprint(base: &dyn BlockDevice) -> Result<[u8; 32], OverlayError> {
     let size = base.size();
     let mut hash = Sha256::new();
     hash.update(b"mkmodule overlay base v1");
@@ -45,21 +45,21 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mkmodule_nbd::MemoryExport;
+    use mkmodule_blockdev::MemoryDevice;
 
     #[test]
     fn fingerprints_tell_bases_apart() {
-        let a = MemoryExport::new(vec![1u8; 3 << 20]);
+        let a = MemoryDevice::new(vec![1u8; 3 << 20]);
         let mut other = vec![1u8; 3 << 20];
         other[10] = 2;
-        let b = MemoryExport::new(other);
-        let c = MemoryExport::new(vec![1u8; (3 << 20) + 1]);
+        let b = MemoryDevice::new(other);
+        let c = MemoryDevice::new(vec![1u8; (3 << 20) + 1]);
         let fa = fingerprint(&a).unwrap();
         assert_eq!(fa, fingerprint(&a).unwrap());
         assert_ne!(fa, fingerprint(&b).unwrap());
         assert_ne!(fa, fingerprint(&c).unwrap());
         assert_eq!(hex(&fa).len(), 64);
-        let empty = MemoryExport::new(Vec::new());
+        let empty = MemoryDevice::new(Vec::new());
         fingerprint(&empty).unwrap();
     }
 }

@@ -1,17 +1,17 @@
 //! Copy-on-write overlay over a read-only NBD export: in memory, or in a sparse file that
 //! survives restarts and crashes.
 //!
-//! An [`Overlay`] wraps any base `Arc<dyn mkmodule_nbd::Export>` (a cloop image, a raw file)
-//! and is itself a writable `Export`: writes land in the overlay, reads merge overlay and base,
+//! An [`Overlay`] wraps any base `Arc<dyn mkmodule_blockdev::BlockDevice>` (a cloop image, a raw file)
+//! and is itself a writable `BlockDevice`: writes land in the overlay, reads merge overlay and base,
 //! the base is never written. One overlay is shared by every connection of an export, so
 //! multi-conn clients see one coherent device.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use mkmodule_nbd::{Export, FileExport};
+//! use mkmodule_blockdev::{BlockDevice, FileDevice};
 //! use mkmodule_overlay::{Overlay, OverlayOptions};
 //!
-//! let base: Arc<dyn Export> = Arc::new(FileExport::open("root.img")?);
+//! let base: Arc<dyn BlockDevice> = Arc::new(FileDevice::open("root.img")?);
 //! let options = OverlayOptions::default().with_label("root.img");
 //! let overlay = Overlay::open_or_create("root.cow".as_ref(), base, &options)?;
 //! overlay.write_at(b"hello", 4096)?;
@@ -32,7 +32,7 @@
 //!   when the process ends.
 //! * **File overlays** ([`Overlay::create`], [`Overlay::open`]) keep chunk `c` at a fixed
 //!   offset of a sparse file and the chunk states in a checksummed checkpoint plus a log of
-//!   records (module `journal`). [`Export::flush`](mkmodule_nbd::Export::flush) (and so NBD FLUSH and FUA) syncs the data
+//!   records (module `journal`). [`BlockDevice::flush`](mkmodule_blockdev::BlockDevice::flush) (and so NBD FLUSH and FUA) syncs the data
 //!   first, then appends the records of every chunk whose state changed and syncs them: the
 //!   metadata never points at unwritten data, a crash after a flush loses nothing that was
 //!   flushed, and a torn record at the end of the log is ignored on open. The header records

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use mkmodule_nbd::{Export, Extent};
+use mkmodule_blockdev::{is_zero, BlockDevice, Extent};
 
-use crate::chunk_map::{is_zero, ChunkMap, ChunkState, Geometry, Piece};
+use crate::chunk_map::{ChunkMap, ChunkState, Geometry, Piece};
 use crate::file::FileStore;
 use crate::journal::Header;
 use crate::memory::MemoryStore;
@@ -35,9 +35,9 @@ enum Store {
 /// methods take `&self` and may run on many threads: one overlay serves every connection of an
 /// export, so multi-conn clients see one coherent device.
 ///
-/// Dropping a file overlay flushes it (errors ignored); call [`Export::flush`] to know.
+/// Dropping a file overlay flushes it (errors ignored); call [`BlockDevice::flush`] to know.
 pub struct Overlay {
-    base: Arc<dyn Export>,
+    base: Arc<dyn BlockDevice>,
     geo: Geometry,
     map: ChunkMap,
     locks: Vec<RwLock<()>>,
@@ -76,7 +76,7 @@ impl Overlay {
     /// written chunk, so its memory is bounded only by what clients write (at most the base
     /// size plus a few bytes per chunk).
     pub fn in_memory(
-        base: Arc<dyn Export>,
+        base: Arc<dyn BlockDevice>,
         options: &OverlayOptions,
     ) -> Result<Overlay, OverlayError> {
         let chunk = crate::check_chunk_size(options.chunk_size)?;
@@ -94,7 +94,7 @@ impl Overlay {
     /// Creates a new overlay file at `path` for `base` (refused if `path` exists).
     pub fn create(
         path: &Path,
-        base: Arc<dyn Export>,
+        base: Arc<dyn BlockDevice>,
         options: &OverlayOptions,
     ) -> Result<Overlay, OverlayError> {
         let chunk = crate::check_chunk_size(options.chunk_size)?;
@@ -112,7 +112,7 @@ impl Overlay {
     /// size is the file's; `options.read_only` opens it for reading only (shared lock).
     pub fn open(
         path: &Path,
-        base: Arc<dyn Export>,
+        base: Arc<dyn BlockDevice>,
         options: &OverlayOptions,
     ) -> Result<Overlay, OverlayError> {
         let fingerprint = identity::fingerprint(base.as_ref())?;
@@ -123,7 +123,7 @@ impl Overlay {
     /// Opens `path` if it exists, else creates it.
     pub fn open_or_create(
         path: &Path,
-        base: Arc<dyn Export>,
+        base: Arc<dyn BlockDevice>,
         options: &OverlayOptions,
     ) -> Result<Overlay, OverlayError> {
         if path.exists() {
@@ -133,14 +133,14 @@ impl Overlay {
         }
     }
 
-    fn from_file(base: Arc<dyn Export>, store: FileStore, read_only: bool) -> Overlay {
+    fn from_file(base: Arc<dyn BlockDevice>, store: FileStore, read_only: bool) -> Overlay {
         let geo = Geometry::new(base.size(), u64::from(store.header().chunk_size));
         let map = ChunkMap::new(store.durable_states(), true);
         Self::assemble(base, geo, map, Store::File(Box::new(store)), read_only)
     }
 
     fn assemble(
-        base: Arc<dyn Export>,
+        base: Arc<dyn BlockDevice>,
         geo: Geometry,
         map: ChunkMap,
         store: Store,
@@ -224,7 +224,7 @@ impl Overlay {
 
     fn check_writable(&self, what: &str) -> io::Result<()> {
         if self.read_only {
-            Err(mkmodule_nbd::not_permitted(what))
+            Err(mkmodule_blockdev::read_only(what))
         } else {
             Ok(())
         }
@@ -371,7 +371,7 @@ fn push_extent(out: &mut Vec<Extent>, e: Extent) {
     }
 }
 
-impl Export for Overlay {
+impl BlockDevice for Overlay {
     fn size(&self) -> u64 {
         self.geo.size
     }

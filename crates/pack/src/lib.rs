@@ -30,7 +30,6 @@ mod options;
 mod pipeline;
 mod sink;
 mod writer;
-mod zero;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -44,7 +43,6 @@ pub use choice::{
 pub use error::{OptionsError, PackError};
 pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
 pub use sink::{SeekWrite, Sink, Spool};
-pub use zero::is_zero;
 
 use writer::ImageBuilder;
 

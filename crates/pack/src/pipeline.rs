@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use crate::encode::{BlockEncoder, Encoding};
 use crate::writer::DedupKey;
-use crate::zero::is_zero;
 use crate::{PackError, Plan};
+use mkmodule_blockdev::is_zero;
 
 /// One block's buffers, recycled through the pool.
 #[derive(Debug)]

@@ -3,21 +3,20 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mkmodule_blockdev::{BlockDevice, DeviceReader, FileDevice};
 use mkmodule_codec::CodecKind;
 use mkmodule_format::{BlockKind, Dialect, FormatError};
-use mkmodule_image::{Image, ImageError, OpenOptions};
-use mkmodule_nbd::{Export, FileExport};
+use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
 use mkmodule_overlay::{Overlay, OverlayOptions};
 use mkmodule_pack::{
     check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackOptions, Sink,
 };
 
-use crate::image_export::ImageExport;
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
 
@@ -81,7 +80,7 @@ struct BaseStyle {
 }
 
 /// Opens IMAGE as a cloop image (or a raw file) for use as the overlay's base.
-fn open_base(path: &Path) -> Result<(Arc<dyn Export>, Option<BaseStyle>)> {
+fn open_base(path: &Path) -> Result<(Arc<dyn BlockDevice>, Option<BaseStyle>)> {
     match Image::open_with(path, &OpenOptions::default()) {
         Ok(image) => {
             let mut counts: HashMap<CodecKind, u64> = HashMap::new();
@@ -100,10 +99,10 @@ fn open_base(path: &Path) -> Result<(Arc<dyn Export>, Option<BaseStyle>)> {
                 codec,
                 block_size: image.block_size(),
             };
-            Ok((Arc::new(ImageExport::new(Arc::new(image))), Some(style)))
+            Ok((Arc::new(ImageDevice::new(Arc::new(image))), Some(style)))
         }
         Err(ImageError::Format(FormatError::NotCloop { .. })) => {
-            let raw = FileExport::open(path)
+            let raw = FileDevice::open(path)
                 .with_context(|| format!("opening {} as a raw image", path.display()))?;
             Ok((Arc::new(raw), None))
         }
@@ -159,24 +158,6 @@ fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<PackOptions
     Ok(options)
 }
 
-/// The merged view of the overlay as a stream, for the packer.
-struct MergedReader<'a> {
-    export: &'a Overlay,
-    pos: u64,
-    bar: &'a indicatif::ProgressBar,
-}
-
-impl Read for MergedReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.export.size() - self.pos;
-        let n = (buf.len() as u64).min(left).min(4 << 20) as usize;
-        self.export.read_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        self.bar.inc(n as u64);
-        Ok(n)
-    }
-}
-
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -222,11 +203,8 @@ pub fn run(args: Args) -> Result<()> {
     let result = (|| -> Result<mkmodule_pack::PackSummary> {
         let mut out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let bar = bytes_bar(Some(size), "commit", args.quiet);
-        let reader = MergedReader {
-            export: &overlay,
-            pos: 0,
-            bar: &bar,
-        };
+        // The merged view of the overlay as a stream, for the packer.
+        let reader = bar.wrap_read(DeviceReader::new(&overlay));
         let summary = pack(reader, Sink::Seekable(&mut out), &options, &|_| {})
             .with_context(|| format!("writing {}", args.output.display()))?;
         bar.finish_and_clear();

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use mkmodule_blockdev::is_zero;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
 
 use crate::progress::bytes_bar;
@@ -216,31 +217,4 @@ fn write_in_order(
     })?;
     out.flush().with_context(|| format!("writing {name}"))?;
     Ok(())
-}
-
-/// Whether `bytes` are all zero (in 64-byte strides the compiler vectorises).
-fn is_zero(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(64);
-    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
-        && chunks.remainder().iter().all(|&b| b == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_test_looks_at_every_byte() {
-        assert!(is_zero(&[]));
-        assert!(is_zero(&[0; 4096]));
-        for at in [0, 63, 64, 100, 4095] {
-            let mut bytes = vec![0u8; 4096];
-            bytes[at] = 1;
-            assert!(!is_zero(&bytes), "{at}");
-        }
-        let mut odd = vec![0u8; 70];
-        assert!(is_zero(&odd));
-        odd[69] = 9;
-        assert!(!is_zero(&odd));
-    }
 }

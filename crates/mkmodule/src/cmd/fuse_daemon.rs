@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mkmodule_blockdev::{BlockDevice, FileDevice};
 use mkmodule_format::FormatError;
-use mkmodule_image::{Image, ImageError, OpenOptions};
+use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
 use mkmodule_mount::fuse_file::{ExportFile, ServeOptions};
 use mkmodule_mount::server;
-use mkmodule_nbd::{Export, FileExport};
 
-use crate::image_export::ImageExport;
 use crate::units::parse_size;
 
 /// Options of the FUSE server shared by `mount`, `attach` and the daemon.
@@ -49,15 +48,15 @@ pub struct Args {
 }
 
 /// Opens `path` as a cloop image, or as a raw file when it carries no cloop signature.
-pub fn open_export(path: &Path, cache_bytes: u64) -> Result<Arc<dyn Export>> {
+pub fn open_export(path: &Path, cache_bytes: u64) -> Result<Arc<dyn BlockDevice>> {
     let options = OpenOptions {
         cache_bytes,
         ..OpenOptions::default()
     };
     match Image::open_with(path, &options) {
-        Ok(image) => Ok(Arc::new(ImageExport::new(Arc::new(image)))),
+        Ok(image) => Ok(Arc::new(ImageDevice::new(Arc::new(image)))),
         Err(ImageError::Format(FormatError::NotCloop { .. })) => {
-            let export = FileExport::open(path)
+            let export = FileDevice::open(path)
                 .with_context(|| format!("opening {} as a raw image", path.display()))?;
             Ok(Arc::new(export))
         }
@@ -87,7 +86,11 @@ pub fn export_files(
 }
 
 /// Wraps `base` in the copy-on-write overlay kept in `cow` (created when missing).
-fn open_overlay(cow: &Path, base: Arc<dyn Export>, image: &Path) -> Result<Arc<dyn Export>> {
+fn open_overlay(
+    cow: &Path,
+    base: Arc<dyn BlockDevice>,
+    image: &Path,
+) -> Result<Arc<dyn BlockDevice>> {
     let options =
         mkmodule_overlay::OverlayOptions::default().with_label(image.display().to_string());
     let overlay = mkmodule_overlay::Overlay::open_or_create(cow, base, &options)

@@ -14,16 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use mkmodule_blockdev::{BlockDevice, FileDevice};
 use mkmodule_format::FormatError;
-use mkmodule_image::{Image, ImageError, OpenOptions};
+use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
 use mkmodule_nbd::{
-    stderr_logger, DefaultExport, Export, ExportEntry, FileExport, IpNet, Listener, ReloadHandle,
-    Server, ServerConfig, TlsCredentials, TlsMode, CA_CERT, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    SERVER_CERT, SERVER_KEY,
+    stderr_logger, DefaultExport, ExportEntry, IpNet, Listener, ReloadHandle, Server, ServerConfig,
+    TlsCredentials, TlsMode, CA_CERT, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, SERVER_CERT, SERVER_KEY,
 };
 use mkmodule_overlay::{check_chunk_size, Overlay, OverlayOptions};
 
-use crate::image_export::ImageExport;
 use crate::systemd::{self, Notifier};
 use crate::units::{human_bytes, parse_size};
 
@@ -84,7 +83,7 @@ pub struct Args {
     #[arg(short = 'k', long = "socket", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// Export name for a single IMAGE given without NAME= (default: the file stem).
+    /// BlockDevice name for a single IMAGE given without NAME= (default: the file stem).
     #[arg(short = 'x', long = "export-name", value_name = "NAME")]
     export_name: Option<String>,
 
@@ -245,7 +244,7 @@ fn parse_export(text: &str, fallback_name: Option<&str>) -> Result<ExportSpec> {
 }
 
 /// Opens `path` as a cloop image, or as a raw file when it carries no cloop signature.
-fn open_export(path: &Path, cache_bytes: u64) -> Result<(Arc<dyn Export>, String)> {
+fn open_export(path: &Path, cache_bytes: u64) -> Result<(Arc<dyn BlockDevice>, String)> {
     let options = OpenOptions {
         cache_bytes,
         ..OpenOptions::default()
@@ -259,10 +258,10 @@ fn open_export(path: &Path, cache_bytes: u64) -> Result<(Arc<dyn Export>, String
                 human_bytes(u64::from(image.block_size())),
                 human_bytes(image.size())
             );
-            Ok((Arc::new(ImageExport::new(Arc::new(image))), what))
+            Ok((Arc::new(ImageDevice::new(Arc::new(image))), what))
         }
         Err(ImageError::Format(FormatError::NotCloop { .. })) => {
-            let export = FileExport::open(path)
+            let export = FileDevice::open(path)
                 .with_context(|| format!("opening {} as a raw image", path.display()))?;
             let what = format!("raw file, {}", human_bytes(export.size()));
             Ok((Arc::new(export), what))
@@ -273,7 +272,7 @@ fn open_export(path: &Path, cache_bytes: u64) -> Result<(Arc<dyn Export>, String
 
 /// Puts a copy-on-write overlay over `base`: in memory, or in `file` (opened or created).
 fn add_overlay(
-    base: Arc<dyn Export>,
+    base: Arc<dyn BlockDevice>,
     image: &Path,
     file: Option<&Path>,
     chunk_size: u32,
@@ -372,7 +371,7 @@ struct Live {
     spec: ExportSpec,
     id: Option<FileId>,
     description: String,
-    export: Arc<dyn Export>,
+    export: Arc<dyn BlockDevice>,
 }
 
 /// How exports are opened: cache size, overlays, descriptions.
@@ -922,7 +921,8 @@ mod tests {
         std::fs::write(&file, "a=a.img\nb=b.img\n").unwrap();
         let mut exports = exports_from(&file);
         exports.open_all().unwrap();
-        let first: Vec<Arc<dyn Export>> = exports.live.iter().map(|l| l.export.clone()).collect();
+        let first: Vec<Arc<dyn BlockDevice>> =
+            exports.live.iter().map(|l| l.export.clone()).collect();
 
         // Nothing changed: the very same open exports.
         let (next, summary) = exports.next().unwrap();

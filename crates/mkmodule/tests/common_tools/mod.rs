@@ -423,7 +423,7 @@ pub fn nbd_greeted(addr: std::net::SocketAddr) -> std::io::Result<Option<std::ne
 pub struct NbdClient {
     /// The socket (tests write raw bytes to it).
     pub s: std::net::TcpStream,
-    /// Export size from NBD_INFO_EXPORT.
+    /// BlockDevice size from NBD_INFO_EXPORT.
     pub size: u64,
     /// Transmission flags from NBD_INFO_EXPORT.
     pub flags: u16,

@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mkmodule_blockdev::MemoryDevice;
 use mkmodule_nbd::proto::*;
-use mkmodule_nbd::{Level, Listener, Logger, MemoryExport, Server, ServerConfig, ServerHandle};
+use mkmodule_nbd::{Level, Listener, Logger, Server, ServerConfig, ServerHandle};
 
 /// Size of the main test export (8 MiB).
 pub const SIZE: usize = 8 << 20;
@@ -64,10 +65,10 @@ pub fn collecting_logger() -> (Logger, LogLines) {
 /// The standard configuration: export "disk" (read-only, zero extents, preferred 64 KiB)
 /// as the default, plus "other" (a small odd-sized export).
 pub fn standard_config(data: Vec<u8>) -> ServerConfig {
-    let disk = MemoryExport::new(data)
+    let disk = MemoryDevice::new(data)
         .with_zero_extents(GRANULE)
         .with_preferred_block_size(64 << 10);
-    let other = MemoryExport::new(vec![0x5a; 12345]);
+    let other = MemoryDevice::new(vec![0x5a; 12345]);
     let (logger, _) = collecting_logger();
     ServerConfig::new()
         .with_export("disk", "test disk with zero regions", Arc::new(disk))

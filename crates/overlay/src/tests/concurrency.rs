@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mkmodule_nbd::Export;
+use mkmodule_blockdev::BlockDevice;
 
 use super::*;
 

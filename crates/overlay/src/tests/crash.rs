@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use mkmodule_nbd::Export;
+use mkmodule_blockdev::BlockDevice;
 use proptest::prelude::*;
 
 use super::*;

@@ -3,7 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use mkmodule_nbd::{Export, MemoryExport};
+use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 
 use super::*;
 use crate::OverlayError;
@@ -83,7 +83,7 @@ fn the_log_wraps_into_new_checkpoints() {
     // (32 KiB of records) and the 1 MiB log fills after ~32 flushes.
     let chunks = 4096u64;
     let size = chunks * u64::from(CHUNK);
-    let base: Arc<dyn Export> = Arc::new(MemoryExport::new(vec![0u8; size as usize]));
+    let base: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(vec![0u8; size as usize]));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.cow");
     let o = Overlay::create(&path, base.clone(), &options()).unwrap();
@@ -107,7 +107,7 @@ fn the_log_wraps_into_new_checkpoints() {
 #[test]
 fn trimmed_chunks_give_their_space_back() {
     let size = 256 * u64::from(CHUNK);
-    let base: Arc<dyn Export> = Arc::new(MemoryExport::new(vec![3u8; size as usize]));
+    let base: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(vec![3u8; size as usize]));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.cow");
     let o = Overlay::create(&path, base.clone(), &options()).unwrap();

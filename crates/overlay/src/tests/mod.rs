@@ -9,7 +9,7 @@ mod model;
 use std::path::Path;
 use std::sync::Arc;
 
-use mkmodule_nbd::{Export, MemoryExport};
+use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 
 use crate::{Overlay, OverlayOptions};
 
@@ -18,7 +18,7 @@ pub(crate) const CHUNK: u32 = 4096;
 
 /// A base of `size` bytes: a pattern with zero runs (reported as zero extents), so both data
 /// and zero extents of the base show through.
-pub(crate) fn base(size: usize, seed: u8) -> Arc<dyn Export> {
+pub(crate) fn base(size: usize, seed: u8) -> Arc<dyn BlockDevice> {
     let data: Vec<u8> = (0..size)
         .map(|i| {
             if (i / 3000) % 3 == 1 {
@@ -28,7 +28,7 @@ pub(crate) fn base(size: usize, seed: u8) -> Arc<dyn Export> {
             }
         })
         .collect();
-    Arc::new(MemoryExport::new(data).with_zero_extents(512))
+    Arc::new(MemoryDevice::new(data).with_zero_extents(512))
 }
 
 pub(crate) fn options() -> OverlayOptions {
@@ -37,7 +37,7 @@ pub(crate) fn options() -> OverlayOptions {
         .with_label("test base")
 }
 
-pub(crate) fn open(path: &Path, base: &Arc<dyn Export>) -> Overlay {
+pub(crate) fn open(path: &Path, base: &Arc<dyn BlockDevice>) -> Overlay {
     Overlay::open(path, base.clone(), &options()).unwrap()
 }
 
@@ -49,7 +49,7 @@ pub(crate) fn contents(o: &Overlay) -> Vec<u8> {
 }
 
 /// The whole base.
-pub(crate) fn base_contents(b: &Arc<dyn Export>) -> Vec<u8> {
+pub(crate) fn base_contents(b: &Arc<dyn BlockDevice>) -> Vec<u8> {
     let mut buf = vec![0u8; b.size() as usize];
     b.read_at(&mut buf, 0).unwrap();
     buf

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mkmodule_nbd::Export;
+use mkmodule_blockdev::BlockDevice;
 use proptest::prelude::*;
 
 use super::*;
@@ -133,7 +133,10 @@ proptest! {
 #[test]
 fn extents_show_written_zeroed_and_base_chunks() {
     let size = 16 * CHUNK as u64;
-    let base: Arc<dyn Export> = Arc::new(mkmodule_nbd::MemoryExport::new(vec![1u8; size as usize]));
+    let base: Arc<dyn BlockDevice> = Arc::new(mkmodule_blockdev::MemoryDevice::new(vec![
+            1u8;
+            size as usize
+        ]));
     let o = Overlay::in_memory(base, &options()).unwrap();
     let c = u64::from(CHUNK);
     o.trim(2 * c, 3 * c).unwrap();
