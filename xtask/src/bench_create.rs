@@ -1,8 +1,9 @@
 //! `cargo xtask bench-create [--runs N] [CORPUS_FILE...]`: mkmodule create against its peers,
 //! on the same input, in one run.
 //!
-//! For each corpus file (default: `rootfs.ext4` and `live.iso` from `$CORPUS`, else `../corpus`,
-//! as made by `shared/tools/make-corpus.sh`) it runs, with a warm page cache:
+//! For each corpus file (default: `rootfs.ext4`, an ext4 image of a Debian root filesystem, and
+//! `live.iso`, an ISO 9660 image, from `$CORPUS`, else `../corpus`) it runs, with a warm page
+//! cache:
 //!
 //! * `create_compressed_fs -q -t 2 -L 9 -B 64K IN OUT` (the reference),
 //! * `mkmodule IN -o OUT` (portable profile: v2, zlib at the default level, 64 KiB blocks),
@@ -11,7 +12,7 @@
 //! * `qemu-img convert -c -O qcow2 -o compression_type=zstd -m 2 -W IN OUT`,
 //!
 //! each under `/usr/bin/time` for wall time, CPU time and peak RSS, and prints a table with the
-//! ratios the create issue sets as targets: portable zlib at least 6x faster than
+//! ratios mkmodule aims for: portable zlib at least 6x faster than
 //! create_compressed_fs and no larger; zstd twice as fast as qemu-img's qcow2 zstd and no larger;
 //! peak RSS under 64 MiB. With `--runs N` each tool runs N times and the median wall time counts.
 //! Outputs go to `target/bench-create/` and are removed after each run.

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::run;
 
-/// The corpus directory: `$CORPUS`, else `../corpus` (as `shared/tools/make-corpus.sh` makes
-/// it).
+/// The corpus directory: `$CORPUS`, else `../corpus` (`rootfs.ext4`, an ext4 image of a Debian
+/// root filesystem, the `rootfs/` tree it was made from, and `live.iso`, an ISO 9660 image).
 pub fn corpus_dir() -> PathBuf {
     std::env::var_os("CORPUS").map_or_else(|| PathBuf::from("../corpus"), PathBuf::from)
 }

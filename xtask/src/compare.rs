@@ -1,8 +1,8 @@
 //! `cargo xtask compare [--rounds N] [--fio-seconds S]`: mkmodule against every peer tool on
 //! the corpus, in one run, as one markdown report (stdout and `target/compare.md`).
 //!
-//! It builds mkmodule in release mode, makes the corpus when it is missing
-//! (`../shared/tools/make-corpus.sh`, with `CORPUS`, default `../corpus`), then measures, each
+//! It builds mkmodule in release mode, tries to make the corpus when it is missing (in
+//! `CORPUS`, default `../corpus`: see `common::corpus_dir`), then measures, each
 //! tool N times (default 3) in alternating rounds so a burst of background load hits all
 //! alike, and reports medians and ratios:
 //!

@@ -3,7 +3,7 @@
 //! Each call compresses or decompresses exactly one block into a caller's buffer. Create one
 //! [`BlockCompressor`] or [`BlockDecompressor`] per thread and reuse it: the codec contexts
 //! (libdeflate, zstd) are allocated once. The encodings are the ones the readers expect
-//! (`shared/docs/formats.md` §3.2, §5.4):
+//! (docs/FORMAT.md §9):
 //!
 //! * zlib: an RFC 1950 stream (libdeflate); level 0 writes stored blocks.
 //! * zstd: one frame with content size and XXH64 content checksum.

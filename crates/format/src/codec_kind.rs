@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn zlib_bound_covers_observed_expansion() {
-        // formats.md: 65 562 bytes for a 64 KiB block at level 9, 16 397 for 16 KiB.
+        // Incompressible data, stock zlib -9: 65 562 bytes for a 64 KiB block, 16 397 for 16 KiB.
         assert!(CodecKind::Zlib.max_compressed_len(65536) >= 65562);
         assert!(CodecKind::Zlib.max_compressed_len(16384) >= 16397);
         // Stored zlib: bs + 6 + 5 * ceil(bs / 65535).

@@ -11,11 +11,11 @@ pub const PREAMBLE_LEN: usize = 128;
 /// Offset of the 4-byte signature inside the preamble.
 pub const SIGNATURE_OFFSET: usize = 11;
 
-/// Debian `create_compressed_fs` preamble text (formats.md §2.2); qemu auto-detects only this one.
+/// Debian `create_compressed_fs` preamble text (docs/FORMAT.md §3); qemu detects only this one.
 pub const DEBIAN_PREAMBLE: &[u8] = b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\nexit $?\n";
 /// The Debian preamble with the V4.0 signature: FreeBSD reads it as zlib version 4.
 pub const V4_PREAMBLE: &[u8] = b"#!/bin/sh\n#V4.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\nexit $?\n";
-/// FreeBSD mkuzip zlib preamble (formats.md §5.1).
+/// FreeBSD mkuzip zlib preamble (docs/FORMAT.md §3).
 pub const UZIP_ZLIB_PREAMBLE: &[u8] = b"#!/bin/sh\n#V2.0 Format\n(kldstat -qm g_uzip||kldload geom_uzip)>&-&&mount_cd9660 /dev/`mdconfig -af $0`.uzip $1\nexit $?\n";
 /// FreeBSD mkuzip zlib + dedup preamble.
 pub const UZIP_ZLIB_DEDUP_PREAMBLE: &[u8] = b"#!/bin/sh\n#v3.0 Format\n(kldstat -qm g_uzip||kldload geom_uzip)>&-&&mount_cd9660 /dev/`mdconfig -af $0`.uzip $1\nexit $?\n";
@@ -373,11 +373,11 @@ mod tests {
 
     #[test]
     fn debian_preamble_matches_formats_md() {
-        // formats.md §2.2: 91 bytes of text, then 37 NULs; qemu probes the first 83 bytes.
+        // docs/FORMAT.md §3: 91 bytes of text, then 37 NULs; qemu probes the first 83 bytes.
         assert_eq!(DEBIAN_PREAMBLE.len(), 91);
         assert_eq!(UZIP_ZLIB_PREAMBLE.len(), 119);
         assert_eq!(UZIP_XZ_PREAMBLE.len(), 16);
-        // SHA-256 of the full 128-byte preambles as formats.md §2.2 and §5.1 give them.
+        // SHA-256 of the full 128-byte preambles as docs/FORMAT.md §3.1 gives them.
         let expected = [
             (
                 Dialect::LinuxV2,

@@ -4,7 +4,7 @@ use crate::{CodecKind, Dialect};
 
 /// A violated rule of the cloop-family format.
 ///
-/// Each variant names one check (formats.md §3.3, §5.2, §7.2, §9) and carries the block index,
+/// Each variant names one check (docs/FORMAT.md §4, §6, §7, §12) and carries the block index,
 /// byte offset and limit it concerns, so a message can say what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {

@@ -1,4 +1,4 @@
-//! The block index: parsing with every check of formats.md §3.3, §5.2, §7.2 and §9, and
+//! The block index: parsing with every check of docs/FORMAT.md §6 and §7, and
 //! emitting it for writers.
 
 use crate::dialect::HeaderPosition;
@@ -50,7 +50,7 @@ pub struct BlockIndex {
 /// Extra bytes beyond a codec's bound that a block may span before it is called corrupt.
 ///
 /// extract_compressed_fs accepts `bs + bs/1000 + 16` and tools may leave slack after a zlib
-/// stream (formats.md §11), so the limit is the larger of the codec bound and that cap.
+/// stream (docs/FORMAT.md §7), so the limit is the larger of the codec bound and that cap.
 pub fn block_len_limit(codec: CodecKind, block_size: u32) -> u64 {
     let bs = u64::from(block_size);
     codec

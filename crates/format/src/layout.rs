@@ -105,7 +105,7 @@ impl Layout {
     }
 
     /// Whether `index[n]` may be 0 or garbage and then stands for the end of the data area
-    /// (uzip before version 4, formats.md §5.2 step 7).
+    /// (uzip before version 4, docs/FORMAT.md §6.2).
     pub fn lenient_end(&self) -> bool {
         !self.dialect.spec().codec_flags && self.version < 4
     }
@@ -142,7 +142,7 @@ fn head_dialect(head: &[u8], sig: [u8; 4]) -> Option<Dialect> {
 /// Detects the dialect and layout of a file from its first and last bytes.
 ///
 /// `head` is the start of the file and `tail` its end; each should hold at least 136 bytes
-/// (all of the file when it is shorter). The order follows cloop.ko (formats.md §3.3): a
+/// (all of the file when it is shorter). The order follows cloop.ko (docs/FORMAT.md §4): a
 /// signature at the start wins; otherwise `V4.0` or `V2.0` in the last 136 bytes means the
 /// header sits at the end. Returns the layout once block size and block count have been checked
 /// against the file length, so the index can be read without trusting the count further.

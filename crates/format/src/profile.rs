@@ -19,7 +19,7 @@ pub struct Profile {
     pub file_alignment: u32,
 }
 
-/// The portable profile of formats.md §10.1: readable by Linux cloop.ko, extract_compressed_fs,
+/// The portable profile of docs/FORMAT.md §11.1: readable by Linux cloop.ko, extract_compressed_fs,
 /// qemu, FreeBSD geom_uzip and NetBSD vnd.
 ///
 /// V2.0 header first with Debian's preamble (qemu auto-detects it), zlib, 64 KiB blocks, the

@@ -1,4 +1,4 @@
-//! mkmodule's metadata trailer (formats.md §11): original length, digest, tool version.
+//! mkmodule's metadata trailer (docs/FORMAT.md §12): original length, digest, tool version.
 //!
 //! It sits after `index[n]` in header-first files, where no reader looks, and ends the file so
 //! it can be found from the last 136 bytes. Its magic puts `AILE` at relative offset 11, so a

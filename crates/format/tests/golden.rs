@@ -1,5 +1,5 @@
 //! Golden bytes for the dialects no Linux tool writes (V4 and FreeBSD uzip), built by hand from
-//! formats.md §3 and §5 and compared with what the emitters produce.
+//! docs/FORMAT.md §3 and §5 and compared with what the emitters produce.
 
 use mkmodule_format::{encode_index, parse_image, CodecKind, Dialect, Header, IndexEntry};
 
@@ -142,7 +142,7 @@ fn uzip_xz_dedup_signature_and_index() {
 
 #[test]
 fn uzip_zstd_preamble_bytes() {
-    // formats.md §5.1: identical to the zlib script except line 2 is "#Z4.0 Format".
+    // docs/FORMAT.md §3.1: identical to the zlib script except line 2 is "#Z4.0 Format".
     let header = Header {
         block_size: 65536,
         num_blocks: 0,

@@ -1,5 +1,5 @@
 //! Decoding one block: fetch its compressed bytes, run its codec, apply the leniency rules of
-//! formats.md §10.3.
+//! docs/FORMAT.md §8.
 
 use std::cell::RefCell;
 use std::io;
@@ -69,7 +69,7 @@ impl Blocks<'_> {
     ///
     /// Zero-length blocks give zeros; a final block that decodes short is zero-filled; any other
     /// short block is an error. In uzip dialects a final block that fails to decode and whose
-    /// bytes are all zero reads as zeros, as geom_uzip does (formats.md §5.3).
+    /// bytes are all zero reads as zeros, as geom_uzip does (docs/FORMAT.md §8).
     pub(crate) fn decode(&self, block: u32, out: &mut [u8]) -> Result<(), ImageError> {
         let entry = *self
             .index

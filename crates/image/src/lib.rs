@@ -14,7 +14,7 @@
 //! # Ok::<(), mkmodule_image::ImageError>(())
 //! ```
 //!
-//! * **Leniency** (formats.md §10.3): a final block that decodes short is zero-filled (mkuzip and
+//! * **Leniency** (docs/FORMAT.md §8): a final block that decodes short is zero-filled (mkuzip and
 //!   vndcompress write it so, even under the `V2.0` signature); zero-length blocks read as zeros;
 //!   dedup back-references are followed; `index[n]` of 0 in old uzip images, trailing padding,
 //!   slack after a stream and Knoppix's extra zero block are all accepted. A short block anywhere

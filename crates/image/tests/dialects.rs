@@ -95,7 +95,7 @@ fn linux_v2_with_the_quirks_of_other_writers() {
     };
     check("v2 short final block", &build(&data, &vnd));
 
-    // Slack after each zlib stream inside its range (formats.md §11).
+    // Slack after each zlib stream inside its range (docs/FORMAT.md §7, §8).
     let slack = Spec {
         slack: 7,
         ..base.clone()

@@ -215,7 +215,7 @@ fn qemu_img_and_extract_compressed_fs_agree_with_us() {
             fixture.name
         );
 
-        // extract_compressed_fs crashes on images of 1 to 9 blocks (formats.md §8.3).
+        // extract_compressed_fs crashes on images of 1 to 9 blocks (docs/FORMAT.md §10).
         if fixture.num_blocks >= 10 {
             let theirs = dir.path().join(format!("{}.ecfs", fixture.name));
             tool("extract_compressed_fs", &[path, theirs.to_str().unwrap()]);

@@ -1,4 +1,4 @@
-//! Hostile clients against the real `mkmodule serve` binary (issue 8, NBD part): many
+//! Hostile clients against the real `mkmodule serve` binary: many
 //! connections, slow-loris handshakes, a client that never reads its replies, oversized and
 //! overflowing requests, a client vanishing with requests in flight, the image truncated while
 //! it is served, and the shared malformed-traffic probe script.

@@ -1,7 +1,6 @@
 //! Wire constants and hand-written big-endian encoders/decoders for NBD messages.
 //!
-//! Numbers follow the NBD protocol specification (`doc/proto.md`); see
-//! `shared/docs/nbd.md` for the project's checklist.
+//! Numbers follow the NBD protocol specification (`doc/proto.md` of the NBD project).
 
 /// `NBDMAGIC`, first 8 bytes of the greeting.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

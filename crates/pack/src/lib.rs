@@ -8,7 +8,7 @@
 //! table (a 16-byte key and an offset per distinct block). The output depends only on the input
 //! and the options, never on the thread count.
 //!
-//! Layout rules (formats.md §10.1 and §5.6):
+//! Layout rules (docs/FORMAT.md §11):
 //!
 //! * Linux dialects (v2, v4, v4-footer): the final partial block is zero-padded to a whole block,
 //!   so every block decodes to exactly the block size. uzip dialects: the final block is
@@ -18,7 +18,7 @@
 //!   [`PackOptions::zero_blocks`] (uzip), they become zero-length blocks.
 //! * A block that does not shrink is stored as level-0 zlib where the dialect has zlib (V4's
 //!   flag 1 is unreadable by cloop.ko); xz and zstd dialects keep the codec's output.
-//! * Header-first images end with the trailer (formats.md §11: exact input length and SHA-256),
+//! * Header-first images end with the trailer (docs/FORMAT.md §12: exact input length and SHA-256),
 //!   zero-padded before it so the file is a multiple of 512 bytes. Without the trailer, Linux
 //!   dialects end exactly at `index[n]` (as `create_compressed_fs` writes them) and uzip images
 //!   are zero-padded to 512 (as `mkuzip` writes them). Footer images end with their header.

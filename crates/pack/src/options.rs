@@ -25,7 +25,7 @@ pub struct PackOptions {
     /// Write all-zero blocks as zero-length blocks (uzip dialects only; FreeBSD reads them as
     /// zeros). Without it all-zero blocks still skip compression: their bytes are computed once.
     pub zero_blocks: bool,
-    /// Append mkmodule's trailer (formats.md §11: input length and SHA-256) after the data of a
+    /// Append mkmodule's trailer (docs/FORMAT.md §12: input length and SHA-256) after the data of a
     /// header-first image. Footer images never carry it (their header must end the file).
     pub trailer: bool,
     /// The exact input length when known in advance (file size or `--size`). Required for a
@@ -37,8 +37,8 @@ pub struct PackOptions {
 }
 
 impl PackOptions {
-    /// The portable profile (formats.md §10.1): V2.0, zlib at [`crate::DEFAULT_ZLIB_LEVEL`], 64 KiB
-    /// blocks, trailer on, one thread per core.
+    /// The portable profile (docs/FORMAT.md §11.1): V2.0, zlib at
+    /// [`crate::DEFAULT_ZLIB_LEVEL`], 64 KiB blocks, trailer on, one thread per core.
     pub fn portable() -> PackOptions {
         PackOptions {
             dialect: PORTABLE.dialect,

@@ -51,7 +51,7 @@ pub(crate) struct ImageBuilder<'p> {
     /// Relative offset where the next block's bytes go.
     pos: u64,
     /// Relative offset of the latest normally placed entry: a back-reference to it would read as
-    /// a zero-length block (formats.md §5.3), so it is never referenced.
+    /// a zero-length block (docs/FORMAT.md §6.5), so it is never referenced.
     last_normal: Option<u64>,
     seen: HashMap<DedupKey, u64>,
     counts: Counts,

