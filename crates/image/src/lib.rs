@@ -22,7 +22,7 @@
 //! * **Errors** name the block and the file offset of its compressed bytes ([`ImageError`]);
 //!   nothing panics on a hostile file, and buffers are sized from the block size and the codec
 //!   bounds the format crate enforces.
-//! * **I/O** is `pread` by default; [`OpenOptions::mmap`] maps the file instead (see its risk).
+//! * **I/O** goes through an [`ImageSource`]: `pread` on a local file by default; [`OpenOptions::mmap`] maps the file instead (see its risk).
 //!   [`Image::from_bytes`] reads an image held in memory, with the same checks.
 //! * **Cache**: decoded blocks live in a sharded LRU cache with a byte limit
 //!   ([`OpenOptions::cache_bytes`]); concurrent readers of one missing block share one decode.
@@ -59,6 +59,7 @@ pub use image::{Image, MAX_EXTENTS};
 pub use open::{ExposedSize, OpenOptions, DEFAULT_CACHE_BYTES, DEFAULT_READAHEAD};
 pub use parallel::{Decoded, ParallelOptions};
 pub use read::ImageReader;
+pub use source::{FileSource, ImageSource, MemorySource};
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use crate::decode::Blocks;
 use crate::image::{Core, Image};
 use crate::mmap::MappedFile;
 use crate::readahead::ReadAhead;
-use crate::source::{file_len, Source};
+use crate::source::{file_len, FileSource, ImageSource, MemorySource, Source};
 use crate::zero_map::ZeroMap;
 use crate::ImageError;
 
@@ -86,15 +86,42 @@ impl Image {
         };
         let file = File::open(path).map_err(open_error)?;
         let len = file_len(&file).map_err(open_error)?;
-        let source = Source::File(file);
-        let parsed = Parsed::read(&source, len)?;
-        let source = match source {
-            Source::File(file) if options.mmap => {
-                Source::Mapped(MappedFile::map(&file).map_err(open_error)?)
-            }
-            other => other,
+        // The header, index and trailer are always read with positioned reads; only then is the
+        // file mapped, when asked.
+        let reading = Source::new(Box::new(FileSource::new(
+            file.try_clone().map_err(open_error)?,
+        )));
+        let parsed = Parsed::read(&reading, len)?;
+        let source: Box<dyn ImageSource> = if options.mmap {
+            Box::new(MappedFile::map(&file).map_err(open_error)?)
+        } else {
+            Box::new(FileSource::new(file))
         };
-        Ok(Image::assemble(path.to_path_buf(), source, parsed, options))
+        Ok(Image::assemble(
+            path.to_path_buf(),
+            Source::new(source),
+            parsed,
+            options,
+        ))
+    }
+
+    /// Opens an image whose bytes come from `source`, with the same checks as
+    /// [`Image::open_with`]; `name` stands for the image in messages and [`Image::path`].
+    ///
+    /// [`OpenOptions::mmap`] is ignored: the source decides how it reads.
+    pub fn open_source(
+        source: Box<dyn ImageSource>,
+        name: impl Into<PathBuf>,
+        options: &OpenOptions,
+    ) -> Result<Image, ImageError> {
+        let name = name.into();
+        let source = Source::new(source);
+        let len = source.len().map_err(|source| ImageError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        let parsed = Parsed::read(&source, len)?;
+        Ok(Image::assemble(name, source, parsed, options))
     }
 
     /// Opens an image held in memory, with the same checks as [`Image::open_with`].
@@ -110,10 +137,7 @@ impl Image {
     /// assert!(matches!(err, ImageError::Format(FormatError::TooShort { .. })));
     /// ```
     pub fn from_bytes(bytes: Vec<u8>, options: &OpenOptions) -> Result<Image, ImageError> {
-        let len = bytes.len() as u64;
-        let source = Source::Memory(bytes);
-        let parsed = Parsed::read(&source, len)?;
-        Ok(Image::assemble(PathBuf::new(), source, parsed, options))
+        Image::open_source(Box::new(MemorySource::new(bytes)), PathBuf::new(), options)
     }
 
     /// Builds the image from its validated parts: finds the zero blocks and sets up cache and
@@ -269,7 +293,7 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(Dialect::LinuxV2), 0)
             .unwrap();
         file.set_len(136 + header.index_len() + 4096).unwrap();
-        let source = Source::File(File::open(&path).unwrap());
+        let source = Source::new(Box::new(FileSource::new(File::open(&path).unwrap())));
         let layout = {
             let head = read_at(&source, PROBE_LEN, 0).unwrap();
             detect(&head, &head, 136 + header.index_len() + 4096).unwrap()
@@ -304,7 +328,7 @@ mod tests {
             bytes.extend_from_slice(&start.to_be_bytes());
         }
         let len = bytes.len() as u64;
-        let source = Source::Memory(bytes.clone());
+        let source = Source::new(Box::new(MemorySource::new(bytes.clone())));
         let layout = detect(&bytes, &bytes, len).unwrap();
         let index = read_index(&source, &layout, header.index_len() as usize).unwrap();
         assert_eq!(index, bytes[136..]);
