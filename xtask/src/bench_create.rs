@@ -65,7 +65,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .collect();
         if files.is_empty() {
             bail!(
-                "no corpus in {}: make one with `CORPUS={} bash ../shared/tools/make-corpus.sh` \
+                "no corpus in {}: make one with `CORPUS={} bash scripts/make-corpus.sh` \
                  or name a file: cargo xtask bench-create FILE",
                 corpus.display(),
                 corpus.display()

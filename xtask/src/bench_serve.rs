@@ -30,7 +30,7 @@ pub fn bench_serve(raw: Option<PathBuf>) -> Result<()> {
     let raw = raw.unwrap_or_else(|| default_corpus_file("rootfs.ext4"));
     if !raw.is_file() {
         bail!(
-            "{} not found: build the corpus with ../shared/tools/make-corpus.sh (CORPUS=DIR) or pass a raw image",
+            "{} not found: build the corpus with scripts/make-corpus.sh (CORPUS=DIR) or pass a raw image",
             raw.display()
         );
     }

@@ -191,7 +191,7 @@ pub fn compare(args: &[String]) -> Result<()> {
     let raw = corpus.join("rootfs.ext4");
     let tree = corpus.join("rootfs");
     if !raw.is_file() || !tree.is_dir() {
-        let script = root.join("../shared/tools/make-corpus.sh");
+        let script = root.join("scripts/make-corpus.sh");
         eprintln!(
             "compare: no corpus in {}: making it with {}",
             corpus.display(),

@@ -31,7 +31,7 @@ tasks:
           mkmodule vs every peer on the corpus in one run (create vs create_compressed_fs,
           mksquashfs, qemu-img -c; extract vs extract_compressed_fs, qemu-img; serve vs
           qemu-nbd -f cloop, nbdkit raw and xz); markdown medians and ratios on stdout and in
-          target/compare.md; makes the corpus with ../shared/tools/make-corpus.sh if missing
+          target/compare.md; makes the corpus with scripts/make-corpus.sh if missing
   fuzz [--time N] [TARGET...]
           run every fuzz target (or the named ones) for N seconds each (default 60) with
           cargo-fuzz on the stable toolchain; prints execs, exec/s and coverage per target and
