@@ -1,6 +1,8 @@
 //! The `mkmodule` command line tool: a thin layer of clap commands over the libraries.
 
 mod cmd;
+mod open;
+mod output;
 mod progress;
 mod systemd;
 mod units;

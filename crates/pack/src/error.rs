@@ -315,7 +315,10 @@ mod tests {
             4096,
             io::Error::new(io::ErrorKind::StorageFull, "No space left on device"),
         );
-        assert_eq!(error.to_string(), "writing the index at image offset 4096 failed");
+        assert_eq!(
+            error.to_string(),
+            "writing the index at image offset 4096 failed"
+        );
         assert_eq!(
             error.source().map(|s| s.to_string()).as_deref(),
             Some("No space left on device")
@@ -342,9 +345,15 @@ mod tests {
 
     #[test]
     fn nearest_block_sizes_read_as_a_suggestion() {
-        let one = NearestBlockSizes { below: 512, above: 512 };
+        let one = NearestBlockSizes {
+            below: 512,
+            above: 512,
+        };
         assert_eq!(one.to_string(), "try 512");
-        let two = NearestBlockSizes { below: 512, above: 1024 };
+        let two = NearestBlockSizes {
+            below: 512,
+            above: 1024,
+        };
         assert_eq!(two.to_string(), "try 512 or 1024");
     }
 }

@@ -161,11 +161,7 @@ pub(crate) fn write_image<R: Read + Send>(
                 .map_err(|e| PackError::write(ImagePart::SpoolStart, 0, e))?;
             let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *spool);
             let stats = run_blocks(input, plan, builder, &mut body, None, progress)?;
-            flush(
-                body,
-                ImagePart::LastSpooledBlocks,
-                builder.data_len(),
-            )?;
+            flush(body, ImagePart::LastSpooledBlocks, builder.data_len())?;
             progress(ProgressEvent::Finishing);
             let base = header_first_data_start(builder.num_blocks() as u32);
             let mut out = BufWriter::with_capacity(WRITE_BUFFER, &mut *output);
@@ -315,8 +311,15 @@ mod tests {
     #[test]
     fn footer_images_stream_to_anything() {
         let footer = plan(Dialect::LinuxV4Footer, None);
-        for kind in [OutputKind::NewFile, OutputKind::Seekable, OutputKind::Sequential] {
-            assert_eq!(SinkKind::choose(&footer, kind, "x").unwrap(), SinkKind::Stream);
+        for kind in [
+            OutputKind::NewFile,
+            OutputKind::Seekable,
+            OutputKind::Sequential,
+        ] {
+            assert_eq!(
+                SinkKind::choose(&footer, kind, "x").unwrap(),
+                SinkKind::Stream
+            );
         }
     }
 
@@ -325,9 +328,18 @@ mod tests {
         let known = plan(Dialect::LinuxV2, Some(1 << 20));
         let unknown = plan(Dialect::LinuxV2, None);
         let choose = |plan: &Plan, kind| SinkKind::choose(plan, kind, "standard output");
-        assert_eq!(choose(&known, OutputKind::NewFile).unwrap(), SinkKind::Seekable);
-        assert_eq!(choose(&known, OutputKind::Seekable).unwrap(), SinkKind::Seekable);
-        assert_eq!(choose(&unknown, OutputKind::NewFile).unwrap(), SinkKind::Spooled);
+        assert_eq!(
+            choose(&known, OutputKind::NewFile).unwrap(),
+            SinkKind::Seekable
+        );
+        assert_eq!(
+            choose(&known, OutputKind::Seekable).unwrap(),
+            SinkKind::Seekable
+        );
+        assert_eq!(
+            choose(&unknown, OutputKind::NewFile).unwrap(),
+            SinkKind::Spooled
+        );
         for (plan, kind) in [
             (&known, OutputKind::Sequential),
             (&unknown, OutputKind::Seekable),
