@@ -430,7 +430,7 @@ mod tests {
     fn an_uncommitted_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let out = OutputFile::create(&dir.path().join("out.img"), Replace::Never).unwrap();
-        (&*out.file()).write_all(b"half").unwrap();
+        out.file().write_all(b"half").unwrap();
         drop(out);
         assert_eq!(names_in(dir.path()), Vec::<String>::new());
     }
@@ -441,7 +441,7 @@ mod tests {
         let target = dir.path().join("out.img");
         fs::write(&target, b"precious").unwrap();
         let out = OutputFile::create(&target, Replace::Never).unwrap();
-        (&*out.file()).write_all(b"new").unwrap();
+        out.file().write_all(b"new").unwrap();
         let error = out.commit("out.img").unwrap_err();
         assert!(
             format!("{error:#}").contains("cannot rename the finished output"),
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"precious");
         assert_eq!(names_in(dir.path()), ["out.img"]);
         let out = OutputFile::create(&target, Replace::Existing).unwrap();
-        (&*out.file()).write_all(b"new").unwrap();
+        out.file().write_all(b"new").unwrap();
         out.commit("out.img").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
     }
