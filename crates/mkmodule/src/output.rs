@@ -87,13 +87,14 @@ impl OutputFile {
             .to_string_lossy()
             .into_owned();
         remove_stale_temp_files(&dir, &name);
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&name, std::process::id()))
-            .suffix(TEMP_SUFFIX)
-            .permissions(Permissions::from_mode(0o666))
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-        let cleanup = CleanupGuard::register(temp.path().to_path_buf(), target);
+        let (temp, cleanup) = CleanupGuard::create_registered(target, || {
+            tempfile::Builder::new()
+                .prefix(&temp_prefix(&name, std::process::id()))
+                .suffix(TEMP_SUFFIX)
+                .permissions(Permissions::from_mode(0o666))
+                .tempfile_in(&dir)
+                .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
+        })?;
         Ok(OutputFile {
             temp: Some(temp),
             target: target.to_path_buf(),
@@ -305,24 +306,29 @@ static HANDLER: Once = Once::new();
 struct CleanupGuard(Pending);
 
 impl CleanupGuard {
-    fn register(temp: PathBuf, target: &Path) -> CleanupGuard {
+    /// Creates the temporary file for `target` with `create` and registers it, with the signal
+    /// handler installed first and the list locked throughout: a signal arriving meanwhile is
+    /// handled once the file is on the list, so it is removed too.
+    fn create_registered(
+        target: &Path,
+        create: impl FnOnce() -> Result<tempfile::NamedTempFile>,
+    ) -> Result<(tempfile::NamedTempFile, CleanupGuard)> {
         HANDLER.call_once(install_signal_handler);
+        let mut all = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let temp = create()?;
         let pending = Pending {
-            temp,
+            temp: temp.path().to_path_buf(),
             target: target.to_path_buf(),
         };
-        if let Ok(mut all) = PENDING.lock() {
-            all.push(pending.clone());
-        }
-        CleanupGuard(pending)
+        all.push(pending.clone());
+        Ok((temp, CleanupGuard(pending)))
     }
 }
 
 impl Drop for CleanupGuard {
     fn drop(&mut self) {
-        if let Ok(mut all) = PENDING.lock() {
-            all.retain(|p| p != &self.0);
-        }
+        let mut all = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|p| p != &self.0);
     }
 }
 
@@ -338,11 +344,10 @@ fn install_signal_handler() {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 let mut targets = Vec::new();
-                if let Ok(all) = PENDING.lock() {
-                    for pending in all.iter() {
-                        let _ = fs::remove_file(&pending.temp);
-                        targets.push(pending.target.display().to_string());
-                    }
+                let all = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+                for pending in all.iter() {
+                    let _ = fs::remove_file(&pending.temp);
+                    targets.push(pending.target.display().to_string());
                 }
                 if targets.is_empty() {
                     eprintln!("mkmodule: stopped by signal {signal}");
