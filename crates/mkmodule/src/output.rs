@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
 
 use anyhow::{anyhow, bail, Context, Result};
+use mkmodule_pack::OutputKind;
 
 /// Ending of the temporary files written beside an output.
 pub const TEMP_SUFFIX: &str = ".partial";
@@ -50,6 +51,16 @@ impl Destination {
             Ok(meta) if meta.file_type().is_block_device() => Destination::BlockDevice,
             Ok(_) => Destination::SpecialFile,
         }
+    }
+}
+
+/// What pack can do with an output written in place (standard output, a device, a FIFO): seek
+/// when it is at its start and seeks, else only write forward.
+pub fn in_place_kind(file: &mut File) -> OutputKind {
+    if file.stream_position().ok() == Some(0) {
+        OutputKind::Seekable
+    } else {
+        OutputKind::Sequential
     }
 }
 

@@ -2,7 +2,7 @@
 //! image into a new image.
 
 use std::fs::{File, OpenOptions as FileOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +17,7 @@ use mkmodule_pack::{
 };
 
 use crate::open::{main_codec, open_device, open_overlay, Found, OverlayStore};
-use crate::output::{Destination, OutputFile, Replace, SyncBehind};
+use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
 
@@ -243,11 +243,7 @@ fn write_in_place(
     plan: &Plan,
     name: &str,
 ) -> Result<PackSummary> {
-    let kind = if out.stream_position().ok() == Some(0) {
-        OutputKind::Seekable
-    } else {
-        OutputKind::Sequential
-    };
+    let kind = in_place_kind(out);
     let summary = match SinkKind::choose(plan, kind, name)? {
         SinkKind::Seekable => pack_with_plan(reader, Sink::Seekable(out), plan, &|_| {}),
         _ => pack_with_plan(reader, Sink::Stream(out), plan, &|_| {}),

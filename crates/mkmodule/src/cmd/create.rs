@@ -19,7 +19,7 @@ use mkmodule_pack::{
     DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
-use crate::output::{Destination, OutputFile, Replace, SyncBehind};
+use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
 
@@ -305,11 +305,7 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
 fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
-    let kind = if out.stream_position().ok() == Some(0) {
-        OutputKind::Seekable
-    } else {
-        OutputKind::Sequential
-    };
+    let kind = in_place_kind(&mut out);
     let sink = match SinkKind::choose(&job.plan, kind, name)? {
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
