@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use mkmodule_format::{Dialect, Reader};
 use mkmodule_image::{Image, OpenOptions, ParallelOptions, DEFAULT_CACHE_BYTES};
-use mkmodule_pack::{pack, PackOptions, ProgressEvent, Sink};
+use mkmodule_pack::{pack_with_plan, PackOptions, ProgressEvent, Sink};
 use serde::Serialize;
 
 use crate::input::pread;
@@ -206,7 +206,7 @@ pub fn measure_cell(
         input_len: Some(source_len),
         ..PackOptions::portable()
     };
-    pack_options.plan().map_err(|source| BenchError::Options {
+    let plan = pack_options.plan().map_err(|source| BenchError::Options {
         cell: label.clone(),
         source,
     })?;
@@ -230,13 +230,12 @@ pub fn measure_cell(
                 });
             }
         };
-        let done =
-            pack(input, Sink::Seekable(&mut out), &pack_options, &progress).map_err(|source| {
-                BenchError::Pack {
-                    cell: label.clone(),
-                    source,
-                }
-            })?;
+        let done = pack_with_plan(input, Sink::Seekable(&mut out), &plan, &progress).map_err(
+            |source| BenchError::Pack {
+                cell: label.clone(),
+                source,
+            },
+        )?;
         compress_times.push(done.elapsed.as_secs_f64());
         summary = Some(done);
     }

@@ -1,6 +1,8 @@
 //! The `mkmodule` command line tool: a thin layer of clap commands over the libraries.
 
 mod cmd;
+mod open;
+mod output;
 mod progress;
 mod systemd;
 mod units;
@@ -80,23 +82,96 @@ impl Command {
 }
 
 /// Inserts `create` when the first argument is neither a command nor a top-level flag, so that
-/// `mkmodule rootfs.img -o KNOPPIX` works as users of create_compressed_fs expect.
-fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
+/// `mkmodule rootfs.img -o KNOPPIX` works as users of create_compressed_fs expect. A first word
+/// that is no command, no flag, not `-` and no existing file is refused as a usage error
+/// (`mkmodule extrct X` is a typo, not an input named `extrct`), naming the nearest command.
+fn with_default_command(mut args: Vec<OsString>) -> Result<Vec<OsString>, clap::Error> {
     const TOP_LEVEL: &[&str] = &["-h", "--help", "-V", "--version", "help"];
-    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
-        return args;
+    let Some(first) = args.get(1) else {
+        return Ok(args);
     };
-    let is_command = <Cli as clap::CommandFactory>::command()
-        .get_subcommands()
-        .any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first));
-    if !is_command && !TOP_LEVEL.contains(&first) {
-        args.insert(1, "create".into());
+    let word = first.to_str();
+    let command = <Cli as clap::CommandFactory>::command();
+    let is_command = word.is_some_and(|word| {
+        command
+            .get_subcommands()
+            .any(|c| c.get_name() == word || c.get_all_aliases().any(|a| a == word))
+    });
+    if is_command || word.is_some_and(|word| TOP_LEVEL.contains(&word)) {
+        return Ok(args);
     }
-    args
+    if word.is_some_and(could_be_a_command) && !std::path::Path::new(first).exists() {
+        let word = word.unwrap_or_default();
+        return Err(unknown_word(word, &command));
+    }
+    args.insert(1, "create".into());
+    Ok(args)
+}
+
+/// Whether `word` is spelt like a command (letters, digits, `-`, `_`, not starting with `-`)
+/// rather than like a file name (`rootfs.img`, `./KNOPPIX`), which goes to `create` as its input
+/// and, when missing, fails there naming the input.
+fn could_be_a_command(word: &str) -> bool {
+    !word.is_empty()
+        && !word.starts_with('-')
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The usage error for a first word that is neither a command nor an existing file.
+fn unknown_word(word: &str, command: &clap::Command) -> clap::Error {
+    let visible: Vec<&str> = command
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name())
+        .collect();
+    let mut message = format!("`{word}` is neither a command nor an existing file");
+    match nearest_command(word, &visible) {
+        Some(nearest) => message.push_str(&format!("; did you mean `{nearest}`?")),
+        None => message.push_str(&format!("; the commands are {}", visible.join(", "))),
+    }
+    command
+        .clone()
+        .error(clap::error::ErrorKind::InvalidSubcommand, message)
+}
+
+/// The command nearest to `word` by edit distance, when it is near enough to be a typo (at
+/// most a third of the word's letters wrong, and at least one letter right).
+fn nearest_command<'a>(word: &str, commands: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let limit = (word.chars().count() / 3).max(1);
+    commands
+        .iter()
+        .map(|&c| (edit_distance(&word, c), c))
+        .filter(|&(distance, c)| distance <= limit && distance < c.len())
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions of one character each.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
+    let args = with_default_command(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse_from(args);
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -116,14 +191,80 @@ mod tests {
 
     #[test]
     fn bare_input_means_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("rootfs.img");
+        std::fs::write(&input, b"x").unwrap();
+        let input = input.to_str().unwrap();
         assert_eq!(
-            with_default_command(argv(&["mkmodule", "rootfs.img", "-o", "KNOPPIX"])),
-            argv(&["mkmodule", "create", "rootfs.img", "-o", "KNOPPIX"])
+            with_default_command(argv(&["mkmodule", input, "-o", "KNOPPIX"])).unwrap(),
+            argv(&["mkmodule", "create", input, "-o", "KNOPPIX"])
         );
         assert_eq!(
-            with_default_command(argv(&["mkmodule", "-", "-o", "-"])),
+            with_default_command(argv(&["mkmodule", "-", "-o", "-"])).unwrap(),
             argv(&["mkmodule", "create", "-", "-o", "-"])
         );
+        // A missing file spelt like a file name goes to create, which names the input.
+        assert_eq!(
+            with_default_command(argv(&["mkmodule", "missing.img", "-o", "x"])).unwrap(),
+            argv(&["mkmodule", "create", "missing.img", "-o", "x"])
+        );
+        // Flags go to create, which reports what is wrong with them.
+        assert_eq!(
+            with_default_command(argv(&["mkmodule", "-o", "x"])).unwrap(),
+            argv(&["mkmodule", "create", "-o", "x"])
+        );
+    }
+
+    #[test]
+    fn an_existing_file_named_like_a_typo_is_an_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("extrct");
+        std::fs::write(&input, b"x").unwrap();
+        let input = input.to_str().unwrap();
+        assert_eq!(
+            with_default_command(argv(&["mkmodule", input, "-o", "out"])).unwrap(),
+            argv(&["mkmodule", "create", input, "-o", "out"])
+        );
+    }
+
+    #[test]
+    fn a_mistyped_command_is_a_usage_error_with_a_suggestion() {
+        let error =
+            with_default_command(argv(&["mkmodule", "extrct-no-such-file", "X"])).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        let text = error.to_string();
+        assert!(
+            text.contains("neither a command nor an existing file"),
+            "{text}"
+        );
+        let error = with_default_command(argv(&["mkmodule", "extrct", "X"])).unwrap_err();
+        assert!(
+            error.to_string().contains("did you mean `extract`?"),
+            "{error}"
+        );
+        let error = with_default_command(argv(&["mkmodule", "zzzzzzzz", "X"])).unwrap_err();
+        let text = error.to_string();
+        assert!(!text.contains("did you mean"), "{text}");
+        assert!(
+            text.contains("the commands are create, info, extract"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nearest_commands() {
+        let commands = [
+            "create", "info", "extract", "verify", "serve", "mount", "umount",
+        ];
+        assert_eq!(nearest_command("extrct", &commands), Some("extract"));
+        assert_eq!(nearest_command("Verfy", &commands), Some("verify"));
+        assert_eq!(nearest_command("serv", &commands), Some("serve"));
+        assert_eq!(nearest_command("umonut", &commands), Some("umount"));
+        assert_eq!(nearest_command("rootfs.img", &commands), None);
+        assert_eq!(nearest_command("x", &commands), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 
     #[test]
@@ -133,7 +274,7 @@ mod tests {
             &["mkmodule", "--help"],
             &["mkmodule"],
         ] {
-            assert_eq!(with_default_command(argv(args)), argv(args));
+            assert_eq!(with_default_command(argv(args)).unwrap(), argv(args));
         }
     }
 

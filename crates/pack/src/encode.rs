@@ -3,7 +3,7 @@
 
 use mkmodule_codec::{BlockCompressor, CodecError, CodecKind, CodecSpec};
 
-use crate::Plan;
+use crate::options::Plan;
 
 /// How a block was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,10 @@
-//! The one error type of this crate: every variant carries the numbers involved.
+//! The errors of this crate: every variant carries the numbers involved, reports an
+//! [`ErrorKind`], and gives its cause either in its message or as its source, never both.
 
+use std::fmt;
 use std::io;
 
+use mkmodule_blockdev::ErrorKind;
 use mkmodule_codec::{CodecError, CodecKind};
 use mkmodule_format::{Dialect, FormatError};
 
@@ -12,15 +15,15 @@ pub enum OptionsError {
     /// The block size is not a multiple of 512 or lies outside 512..=1 MiB.
     #[error(
         "block size {block_size} is not possible: it must be a multiple of 512 from 512 to \
-         {max} bytes ({suggestion})"
+         {max} bytes ({nearest})"
     )]
     BlockSize {
         /// The block size asked for.
         block_size: u64,
         /// The largest block size written (Linux cloop.ko cannot attach larger ones).
         max: u32,
-        /// The nearest valid block sizes, e.g. `try 512 or 1024`.
-        suggestion: String,
+        /// The nearest valid block sizes.
+        nearest: NearestBlockSizes,
     },
     /// The codec cannot be written in the dialect.
     #[error("{codec} blocks are not possible in {dialect} images: {hint}")]
@@ -89,11 +92,40 @@ pub enum PackError {
     /// The options were refused before any work started.
     #[error(transparent)]
     Options(#[from] OptionsError),
-    /// The output cannot hold this dialect's layout.
-    #[error("{0}")]
-    Sink(String),
+    /// A header-first image was to be written in place without the input length.
+    #[error(
+        "writing a {dialect} image in place needs the input length up front (the index comes \
+         before the blocks)"
+    )]
+    InPlaceNeedsLength {
+        /// The dialect asked for.
+        dialect: Dialect,
+    },
+    /// A header-first image was to be written as a stream.
+    #[error(
+        "a {dialect} image cannot be streamed: its index comes before the blocks, so the output \
+         must seek, or the blocks must be spooled"
+    )]
+    CannotStream {
+        /// The dialect asked for.
+        dialect: Dialect,
+    },
+    /// A header-first image of unknown length, or to an output that does not seek, with no
+    /// room for a spool file.
+    #[error(
+        "a {dialect} image cannot go to {output} here: its index comes before the blocks, so \
+         the block count must be known (give --size when reading a pipe) and the output must \
+         seek (a file, not a pipe); use --format v4-footer (index at the end) or write to a \
+         file with -o FILE"
+    )]
+    OutputCannotHold {
+        /// The dialect asked for.
+        dialect: Dialect,
+        /// The output, as the user knows it (`standard output`, `the device /dev/sdb`).
+        output: String,
+    },
     /// Reading the input failed.
-    #[error("reading the input at byte {offset} failed: {source}")]
+    #[error("reading the input at byte {offset} failed")]
     Read {
         /// Input offset of the failed read.
         offset: u64,
@@ -130,7 +162,7 @@ pub enum PackError {
         reason: &'static str,
     },
     /// A block could not be compressed.
-    #[error("compressing block {block} (input offset {offset}) with {codec} failed: {source}")]
+    #[error("compressing block {block} (input offset {offset}) with {codec} failed")]
     Compress {
         /// Block number.
         block: u64,
@@ -142,10 +174,10 @@ pub enum PackError {
         source: CodecError,
     },
     /// Writing the image failed (a full disk ends here).
-    #[error("writing {what} at image offset {offset} failed: {source}")]
+    #[error("writing {part} at image offset {offset} failed")]
     Write {
-        /// What was being written (`block 12`, `the index`, ...).
-        what: String,
+        /// What was being written.
+        part: ImagePart,
         /// Image offset of the write.
         offset: u64,
         /// The I/O error.
@@ -159,12 +191,169 @@ pub enum PackError {
     Internal(&'static str),
 }
 
+impl OptionsError {
+    /// What kind of failure this is: always the caller's settings.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Config
+    }
+}
+
 impl PackError {
-    pub(crate) fn write(what: impl Into<String>, offset: u64, source: io::Error) -> PackError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PackError::Options(error) => error.kind(),
+            PackError::InPlaceNeedsLength { .. }
+            | PackError::CannotStream { .. }
+            | PackError::OutputCannotHold { .. }
+            | PackError::InputShorter { .. }
+            | PackError::InputLonger { .. }
+            | PackError::TooManyBlocks { .. } => ErrorKind::Config,
+            PackError::Read { .. } | PackError::Write { .. } | PackError::Internal(_) => {
+                ErrorKind::Io
+            }
+            PackError::Compress { source, .. } => match source.kind() {
+                kind @ (ErrorKind::Unsupported | ErrorKind::Config) => kind,
+                _ => ErrorKind::Io,
+            },
+            // Encoding the index or header fails only when the image outgrows what the
+            // dialect's fields can express.
+            PackError::Format(_) => ErrorKind::OutOfRange,
+        }
+    }
+
+    pub(crate) fn write(part: ImagePart, offset: u64, source: io::Error) -> PackError {
         PackError::Write {
-            what: what.into(),
+            part,
             offset,
             source,
         }
+    }
+}
+
+/// The part of an image a failed write was writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImagePart {
+    /// One block, in place.
+    Block(u64),
+    /// One block on its way to the spool file, at this byte of the spool file.
+    SpooledBlock {
+        /// Block number.
+        block: u64,
+        /// Byte offset in the spool file.
+        at: u64,
+    },
+    /// The start of the spool file.
+    SpoolStart,
+    /// The buffered last blocks.
+    LastBlocks,
+    /// The buffered last blocks, to the spool file.
+    LastSpooledBlocks,
+    /// The blocks, copied back from the spool file.
+    BlocksFromSpool,
+    /// The lead-in of a footer image.
+    LeadIn,
+    /// The header.
+    Header,
+    /// The index.
+    Index,
+    /// The padding and trailer after the blocks.
+    Trailer,
+    /// The last buffered bytes of the image.
+    End,
+}
+
+impl fmt::Display for ImagePart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImagePart::Block(block) => write!(f, "block {block}"),
+            ImagePart::SpooledBlock { block, at } => {
+                write!(f, "block {block} to the spool file at its byte {at}")
+            }
+            ImagePart::SpoolStart => f.write_str("block 0 to the spool file"),
+            ImagePart::LastBlocks => f.write_str("the last blocks"),
+            ImagePart::LastSpooledBlocks => f.write_str("the last blocks to the spool file"),
+            ImagePart::BlocksFromSpool => f.write_str("the blocks from the spool file"),
+            ImagePart::LeadIn => f.write_str("the lead-in"),
+            ImagePart::Header => f.write_str("the header"),
+            ImagePart::Index => f.write_str("the index"),
+            ImagePart::Trailer => f.write_str("the trailer"),
+            ImagePart::End => f.write_str("the end of the image"),
+        }
+    }
+}
+
+/// The valid block sizes nearest to a refused one: `try 4096`, or `try 4096 or 4608`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearestBlockSizes {
+    /// The nearest valid size at or below the one asked for.
+    pub below: u64,
+    /// The nearest valid size at or above the one asked for.
+    pub above: u64,
+}
+
+impl fmt::Display for NearestBlockSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.below == self.above {
+            write!(f, "try {}", self.below)
+        } else {
+            write!(f, "try {} or {}", self.below, self.above)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn causes_are_sources_not_part_of_the_message() {
+        let error = PackError::write(
+            ImagePart::Index,
+            4096,
+            io::Error::new(io::ErrorKind::StorageFull, "No space left on device"),
+        );
+        assert_eq!(
+            error.to_string(),
+            "writing the index at image offset 4096 failed"
+        );
+        assert_eq!(
+            error.source().map(|s| s.to_string()).as_deref(),
+            Some("No space left on device")
+        );
+        assert_eq!(error.kind(), ErrorKind::Io);
+        let read = PackError::Read {
+            offset: 7,
+            source: io::Error::other("EIO"),
+        };
+        assert!(!read.to_string().contains("EIO"));
+    }
+
+    #[test]
+    fn refusals_are_configuration_errors() {
+        let error = PackError::CannotStream {
+            dialect: Dialect::LinuxV2,
+        };
+        assert_eq!(error.kind(), ErrorKind::Config);
+        assert_eq!(
+            PackError::from(OptionsError::NoThreads).kind(),
+            ErrorKind::Config
+        );
+    }
+
+    #[test]
+    fn nearest_block_sizes_read_as_a_suggestion() {
+        let one = NearestBlockSizes {
+            below: 512,
+            above: 512,
+        };
+        assert_eq!(one.to_string(), "try 512");
+        let two = NearestBlockSizes {
+            below: 512,
+            above: 1024,
+        };
+        assert_eq!(two.to_string(), "try 512 or 1024");
     }
 }

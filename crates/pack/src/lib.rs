@@ -23,16 +23,18 @@
 //!   dialects end exactly at `index[n]` (as `create_compressed_fs` writes them) and uzip images
 //!   are zero-padded to 512 (as `mkuzip` writes them). Footer images end with their header.
 
+mod block;
 mod choice;
 mod encode;
 mod error;
 mod options;
 mod pipeline;
 mod sink;
+mod summary;
 mod writer;
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mkmodule_codec::CodecKind;
 
@@ -40,58 +42,12 @@ pub use choice::{
     choose_dialect, CodecChoice, FormatChoice, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL,
     WRITTEN_DIALECTS,
 };
-pub use error::{OptionsError, PackError};
+pub use error::{ImagePart, NearestBlockSizes, OptionsError, PackError};
 pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
-pub use sink::{SeekWrite, Sink, Spool};
+pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
+pub use summary::{PackSummary, ProgressEvent};
 
 use writer::ImageBuilder;
-
-/// Progress reports, delivered on the calling thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressEvent {
-    /// Another block was written; totals so far.
-    Blocks {
-        /// Blocks written.
-        blocks: u64,
-        /// Input bytes consumed (before padding).
-        input_bytes: u64,
-        /// Compressed bytes written.
-        output_bytes: u64,
-    },
-    /// Every block is written; the index (and a spooled block area) is being put in place.
-    Finishing,
-}
-
-/// What [`pack`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackSummary {
-    /// The dialect written.
-    pub dialect: mkmodule_format::Dialect,
-    /// Uncompressed bytes per block.
-    pub block_size: u32,
-    /// Blocks in the image.
-    pub num_blocks: u32,
-    /// Exact input length.
-    pub input_len: u64,
-    /// Length of the image file.
-    pub image_len: u64,
-    /// Image offset one past the last block (`index[n]`).
-    pub data_end: u64,
-    /// All-zero input blocks (not compressed).
-    pub zero_blocks: u64,
-    /// Blocks written as dedup back-references.
-    pub shared_blocks: u64,
-    /// Blocks that did not shrink (stored as level-0 zlib where the dialect has zlib).
-    pub incompressible_blocks: u64,
-    /// Blocks whose bytes were written, per codec (codecs with none are left out).
-    pub blocks_per_codec: Vec<(CodecKind, u64)>,
-    /// SHA-256 of the input, recorded in the trailer (`None` without a trailer).
-    pub sha256: Option<[u8; 32]>,
-    /// Whether the image carries mkmodule's trailer.
-    pub trailer: bool,
-    /// Wall time of the whole job.
-    pub elapsed: Duration,
-}
 
 /// Packs `input` into an image in `sink` according to `options`, reporting progress.
 ///
@@ -103,12 +59,26 @@ pub fn pack<R: Read + Send>(
     options: &PackOptions,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
+    pack_with_plan(input, sink, &options.plan()?, progress)
+}
+
+/// Packs `input` into an image in `sink` by a plan already made with [`PackOptions::plan`]
+/// (and [`Plan::with_input_len`]); the sink is best chosen with [`SinkKind::choose`].
+///
+/// Refuses a sink that cannot hold the plan's layout before a byte is read or written. On error
+/// the sink holds a partial image: the caller removes it.
+pub fn pack_with_plan<R: Read + Send>(
+    input: R,
+    sink: Sink<'_>,
+    plan: &Plan,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
     let started = Instant::now();
-    let plan = options.plan()?;
-    let zero = pipeline::zero_block(&plan)?;
-    let mut builder = ImageBuilder::new(&plan, zero);
+    sink.kind().check(plan)?;
+    let zero = block::zero_block(plan)?;
+    let mut builder = ImageBuilder::new(plan, zero);
     let (stats, data_end, image_len) =
-        sink::write_image(input, sink, &plan, &mut builder, progress)?;
+        sink::write_image(input, sink, plan, &mut builder, progress)?;
     let counts = builder.counts();
     Ok(PackSummary {
         dialect: plan.dialect,

@@ -3,8 +3,8 @@
 use mkmodule_codec::{level_range, CodecKind, CodecSpec};
 use mkmodule_format::{Dialect, MAX_WRITE_BLOCK_SIZE, MIN_BLOCK_SIZE, PORTABLE};
 
-use crate::choice::{codec_hint, written_codecs};
-use crate::{CodecChoice, OptionsError};
+use crate::choice::{codec_hint, written_codecs, CodecChoice};
+use crate::error::{NearestBlockSizes, OptionsError};
 
 /// How many blocks may be in flight per compressor thread (read, queued, compressing, waiting
 /// in the reorder window). Memory is `slots x (block size + its compressed bound)`.
@@ -109,20 +109,7 @@ impl PackOptions {
             });
         }
         let (max_blocks, limit_reason) = block_limit(dialect, self.block_size);
-        if let Some(len) = self.input_len {
-            let num_blocks = len.div_ceil(u64::from(self.block_size)).max(1);
-            if num_blocks > max_blocks {
-                return Err(OptionsError::TooManyBlocks {
-                    input_len: len,
-                    num_blocks,
-                    block_size: self.block_size,
-                    max_blocks,
-                    dialect,
-                    reason: limit_reason,
-                });
-            }
-        }
-        Ok(Plan {
+        Plan {
             dialect,
             block_size: self.block_size,
             threads: self.threads,
@@ -136,7 +123,8 @@ impl PackOptions {
             max_blocks,
             limit_reason,
             tool: self.tool.clone(),
-        })
+        }
+        .with_input_len(self.input_len)
     }
 }
 
@@ -147,20 +135,15 @@ pub fn check_block_size(block_size: u64) -> Result<u32, OptionsError> {
     if block_size % min == 0 && (min..=u64::from(max)).contains(&block_size) {
         return Ok(block_size as u32);
     }
-    let down = (block_size / min * min).clamp(min, u64::from(max));
-    let up = block_size
+    let below = (block_size / min * min).clamp(min, u64::from(max));
+    let above = block_size
         .div_ceil(min)
         .saturating_mul(min)
         .clamp(min, u64::from(max));
-    let suggestion = if down == up {
-        format!("try {down}")
-    } else {
-        format!("try {down} or {up}")
-    };
     Err(OptionsError::BlockSize {
         block_size,
         max,
-        suggestion,
+        nearest: NearestBlockSizes { below, above },
     })
 }
 
@@ -218,6 +201,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan for an input of exactly `input_len` bytes (`None`: unknown until it ends),
+    /// refused when the dialect cannot hold that many blocks. For a length learnt after the
+    /// options were checked (the input's file size), without checking them again.
+    pub fn with_input_len(self, input_len: Option<u64>) -> Result<Plan, OptionsError> {
+        if let Some(len) = input_len {
+            let num_blocks = self.num_blocks_for(len);
+            if num_blocks > self.max_blocks {
+                return Err(OptionsError::TooManyBlocks {
+                    input_len: len,
+                    num_blocks,
+                    block_size: self.block_size,
+                    max_blocks: self.max_blocks,
+                    dialect: self.dialect,
+                    reason: self.limit_reason,
+                });
+            }
+        }
+        Ok(Plan { input_len, ..self })
+    }
+
     /// Blocks for an input of `len` bytes (at least one: Linux cannot attach an empty image).
     pub fn num_blocks_for(&self, len: u64) -> u64 {
         len.div_ceil(u64::from(self.block_size)).max(1)
@@ -285,5 +288,22 @@ mod tests {
         let mut options = PackOptions::portable();
         options.dialect = Dialect::LinuxV4Footer;
         assert!(!options.plan().unwrap().trailer);
+    }
+
+    #[test]
+    fn a_length_learnt_later_is_checked_against_the_block_limit() {
+        let options = PackOptions {
+            block_size: 512,
+            ..PackOptions::portable()
+        };
+        let plan = options.plan().unwrap();
+        assert_eq!(plan.input_len, None);
+        let sized = plan.clone().with_input_len(Some(4096)).unwrap();
+        assert_eq!(sized.input_len, Some(4096));
+        let too_long = plan.max_blocks * 512 + 1;
+        assert!(matches!(
+            plan.with_input_len(Some(too_long)),
+            Err(OptionsError::TooManyBlocks { .. })
+        ));
     }
 }

@@ -20,21 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use mkmodule_blockdev::is_zero;
 use sha2::{Digest, Sha256};
 
-use crate::encode::{BlockEncoder, Encoding};
-use crate::writer::DedupKey;
-use crate::{PackError, Plan};
-use mkmodule_blockdev::is_zero;
-
-/// One block's buffers, recycled through the pool.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    /// Uncompressed bytes (always `block_size` long).
-    pub input: Vec<u8>,
-    /// Compressed bytes.
-    pub output: Vec<u8>,
-}
+use crate::block::{dedup_key, Done, Encoded, Slot};
+use crate::encode::BlockEncoder;
+use crate::error::PackError;
+use crate::options::Plan;
 
 /// A block to compress.
 #[derive(Debug)]
@@ -49,30 +41,6 @@ struct Job {
     slot: Slot,
 }
 
-/// What a compressor made of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Encoded {
-    /// All zeros: no compression; the writer uses the precomputed zero block.
-    Zero,
-    /// Compressed into the slot's output.
-    Data(Encoding),
-}
-
-/// A compressed block on its way to the writer.
-#[derive(Debug)]
-pub(crate) struct Done {
-    /// Block number.
-    pub block: u64,
-    /// Real input bytes in the block.
-    pub real_len: usize,
-    /// How it was encoded.
-    pub encoded: Encoded,
-    /// Dedup key of the compressed bytes (dedup dialects only).
-    pub key: Option<DedupKey>,
-    /// The buffers; the output holds the compressed bytes.
-    pub slot: Slot,
-}
-
 /// What the reader saw of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InputStats {
@@ -82,14 +50,6 @@ pub(crate) struct InputStats {
     pub blocks: u64,
     /// SHA-256 of the input (when a trailer is written).
     pub digest: Option<[u8; 32]>,
-}
-
-/// The dedup key of compressed bytes.
-pub(crate) fn dedup_key(bytes: &[u8]) -> DedupKey {
-    let digest = Sha256::digest(bytes);
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
 }
 
 /// Runs the conveyor over `input`, calling `on_block` for every block in input order.
@@ -359,30 +319,4 @@ fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, P
             return;
         }
     }
-}
-
-/// Compresses one all-zero block of the plan's block size with a fresh encoder.
-pub(crate) fn zero_block(plan: &Plan) -> Result<crate::writer::ZeroBlock, PackError> {
-    let mut encoder = BlockEncoder::new(plan).map_err(|(spec, source)| PackError::Compress {
-        block: 0,
-        offset: 0,
-        codec: spec.kind(),
-        source,
-    })?;
-    let zeros = vec![0u8; plan.block_size as usize];
-    let mut bytes = Vec::new();
-    let encoding = encoder
-        .encode(&zeros, &mut bytes)
-        .map_err(|source| PackError::Compress {
-            block: 0,
-            offset: 0,
-            codec: plan.candidates[0].kind(),
-            source,
-        })?;
-    let key = plan.dedup.then(|| dedup_key(&bytes));
-    Ok(crate::writer::ZeroBlock {
-        bytes,
-        encoding,
-        key,
-    })
 }

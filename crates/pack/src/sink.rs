@@ -9,9 +9,11 @@ use mkmodule_format::{
     PREAMBLE_LEN,
 };
 
+use crate::error::{ImagePart, PackError};
+use crate::options::Plan;
 use crate::pipeline::{self, InputStats};
+use crate::summary::ProgressEvent;
 use crate::writer::ImageBuilder;
-use crate::{PackError, Plan, ProgressEvent};
 
 /// Output buffer in front of the sink: coalesces small blocks (an all-zero block compresses to
 /// a few hundred bytes) into few large writes.
@@ -45,6 +47,82 @@ pub enum Sink<'a> {
     Stream(&'a mut dyn Write),
 }
 
+/// What the caller has to write an image into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A new file of the caller's, written from offset 0, with room beside it for a spool file.
+    NewFile,
+    /// An existing output that seeks, where the image starts at offset 0 (a device, a regular
+    /// file given as standard output); no spool file.
+    Seekable,
+    /// An output that only goes forward: a pipe, a socket, a file not at its start.
+    Sequential,
+}
+
+/// Which [`Sink`] to build for an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// [`Sink::Seekable`].
+    Seekable,
+    /// [`Sink::Spooled`].
+    Spooled,
+    /// [`Sink::Stream`].
+    Stream,
+}
+
+impl SinkKind {
+    /// The sink for `plan` and an output of `kind`, named `name` in the error (`standard
+    /// output`, `the device /dev/sdb`): footer images stream to anything; header-first images
+    /// are written in place when the input length is known and the output seeks, spooled
+    /// beside a new file when the length is unknown, and refused otherwise.
+    pub fn choose(plan: &Plan, kind: OutputKind, name: &str) -> Result<SinkKind, PackError> {
+        let chosen = if !is_header_first(plan.dialect) {
+            SinkKind::Stream
+        } else {
+            match (kind, plan.input_len) {
+                (OutputKind::NewFile | OutputKind::Seekable, Some(_)) => SinkKind::Seekable,
+                (OutputKind::NewFile, None) => SinkKind::Spooled,
+                _ => {
+                    return Err(PackError::OutputCannotHold {
+                        dialect: plan.dialect,
+                        output: name.to_string(),
+                    })
+                }
+            }
+        };
+        chosen.check(plan)?;
+        Ok(chosen)
+    }
+
+    /// Refuses a sink that cannot hold `plan`'s layout: a header-first image streamed, or
+    /// written in place without its length.
+    pub fn check(self, plan: &Plan) -> Result<(), PackError> {
+        let header_first = is_header_first(plan.dialect);
+        match self {
+            SinkKind::Stream if header_first => Err(PackError::CannotStream {
+                dialect: plan.dialect,
+            }),
+            SinkKind::Seekable if header_first && plan.input_len.is_none() => {
+                Err(PackError::InPlaceNeedsLength {
+                    dialect: plan.dialect,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Sink<'_> {
+    /// Which kind of sink this is.
+    pub fn kind(&self) -> SinkKind {
+        match self {
+            Sink::Seekable(_) => SinkKind::Seekable,
+            Sink::Spooled { .. } => SinkKind::Spooled,
+            Sink::Stream(_) => SinkKind::Stream,
+        }
+    }
+}
+
 /// Writes the whole image into `sink`; returns what the reader saw, `index[n]` and the image
 /// length.
 pub(crate) fn write_image<R: Read + Send>(
@@ -57,70 +135,58 @@ pub(crate) fn write_image<R: Read + Send>(
     let header_first = is_header_first(plan.dialect);
     Ok(match sink {
         Sink::Seekable(out) if header_first => {
-            let Some(len) = plan.input_len else {
-                return Err(PackError::Sink(format!(
-                    "writing a {} image in place needs the input length up front (the index \
-                     comes before the blocks)",
-                    plan.dialect
-                )));
-            };
+            let len = plan.input_len.unwrap_or_default();
             let n = plan.num_blocks_for(len);
             let base = header_first_data_start(n as u32);
             out.seek(SeekFrom::Start(base))
-                .map_err(|e| PackError::write("block 0", base, e))?;
+                .map_err(|e| PackError::write(ImagePart::Block(0), base, e))?;
             let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
             let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
             let data_end = base + builder.data_len();
-            flush(body, "the last blocks", data_end)?;
+            flush(body, ImagePart::LastBlocks, data_end)?;
             progress(ProgressEvent::Finishing);
             out.seek(SeekFrom::Start(0))
-                .map_err(|e| PackError::write("the header", 0, e))?;
+                .map_err(|e| PackError::write(ImagePart::Header, 0, e))?;
             let mut head = BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
             write_head(plan, builder, &mut head)?;
-            flush(head, "the index", HEADER_LEN)?;
+            flush(head, ImagePart::Index, HEADER_LEN)?;
             out.seek(SeekFrom::Start(data_end))
-                .map_err(|e| PackError::write("the trailer", data_end, e))?;
+                .map_err(|e| PackError::write(ImagePart::Trailer, data_end, e))?;
             let image_len = write_tail(plan, &stats, data_end, &mut *out)?;
             (stats, data_end, image_len)
         }
         Sink::Spooled { output, spool } if header_first => {
             spool
                 .seek(SeekFrom::Start(0))
-                .map_err(|e| PackError::write("block 0 to the spool file", 0, e))?;
+                .map_err(|e| PackError::write(ImagePart::SpoolStart, 0, e))?;
             let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *spool);
             let stats = run_blocks(input, plan, builder, &mut body, None, progress)?;
-            flush(
-                body,
-                "the last blocks to the spool file",
-                builder.data_len(),
-            )?;
+            flush(body, ImagePart::LastSpooledBlocks, builder.data_len())?;
             progress(ProgressEvent::Finishing);
             let base = header_first_data_start(builder.num_blocks() as u32);
             let mut out = BufWriter::with_capacity(WRITE_BUFFER, &mut *output);
             write_head(plan, builder, &mut out)?;
             spool
                 .seek(SeekFrom::Start(0))
-                .map_err(|e| PackError::write("the blocks from the spool file", base, e))?;
+                .map_err(|e| PackError::write(ImagePart::BlocksFromSpool, base, e))?;
             let copied = io::copy(&mut (&mut *spool).take(builder.data_len()), &mut out)
-                .map_err(|e| PackError::write("the blocks from the spool file", base, e))?;
+                .map_err(|e| PackError::write(ImagePart::BlocksFromSpool, base, e))?;
             if copied != builder.data_len() {
                 return Err(PackError::write(
-                    "the blocks from the spool file",
+                    ImagePart::BlocksFromSpool,
                     base + copied,
                     io::Error::new(io::ErrorKind::UnexpectedEof, "the spool file is short"),
                 ));
             }
             let data_end = base + builder.data_len();
             let image_len = write_tail(plan, &stats, data_end, &mut out)?;
-            flush(out, "the end of the image", data_end)?;
+            flush(out, ImagePart::End, data_end)?;
             (stats, data_end, image_len)
         }
         Sink::Stream(_) if header_first => {
-            return Err(PackError::Sink(format!(
-                "a {} image cannot be streamed: its index comes before the blocks, so the \
-                 output must seek, or the blocks must be spooled",
-                plan.dialect
-            )))
+            return Err(PackError::CannotStream {
+                dialect: plan.dialect,
+            })
         }
         Sink::Seekable(out) => write_footer(input, plan, builder, out, progress)?,
         Sink::Spooled { output, .. } | Sink::Stream(output) => {
@@ -150,11 +216,11 @@ fn run_blocks<R: Read + Send>(
     })
 }
 
-fn flush<W: Write>(writer: BufWriter<W>, what: &str, offset: u64) -> Result<(), PackError> {
+fn flush<W: Write>(writer: BufWriter<W>, part: ImagePart, offset: u64) -> Result<(), PackError> {
     let mut inner = writer
         .into_inner()
-        .map_err(|e| PackError::write(what, offset, e.into_error()))?;
-    inner.flush().map_err(|e| PackError::write(what, offset, e))
+        .map_err(|e| PackError::write(part, offset, e.into_error()))?;
+    inner.flush().map_err(|e| PackError::write(part, offset, e))
 }
 
 /// Header and index of a header-first image.
@@ -169,7 +235,7 @@ fn write_head(
         num_blocks: n,
     };
     out.write_all(&header.encode(plan.dialect))
-        .map_err(|e| PackError::write("the header", 0, e))?;
+        .map_err(|e| PackError::write(ImagePart::Header, 0, e))?;
     builder.write_index(header_first_data_start(n), HEADER_LEN, out)
 }
 
@@ -196,7 +262,7 @@ fn write_tail<W: Write + ?Sized>(
         tail.resize(((512 - data_end % 512) % 512) as usize, 0);
     }
     out.write_all(&tail)
-        .map_err(|e| PackError::write("the trailer", data_end, e))?;
+        .map_err(|e| PackError::write(ImagePart::Trailer, data_end, e))?;
     Ok(data_end + tail.len() as u64)
 }
 
@@ -211,7 +277,7 @@ fn write_footer<R: Read + Send, W: Write + ?Sized>(
     let base = PREAMBLE_LEN as u64;
     let mut body = BufWriter::with_capacity(WRITE_BUFFER, out);
     body.write_all(&mkmodule_format::Dialect::footer_lead_in())
-        .map_err(|e| PackError::write("the lead-in", 0, e))?;
+        .map_err(|e| PackError::write(ImagePart::LeadIn, 0, e))?;
     let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
     progress(ProgressEvent::Finishing);
     let data_end = base + builder.data_len();
@@ -222,7 +288,84 @@ fn write_footer<R: Read + Send, W: Write + ?Sized>(
     };
     let header_at = data_end + header.index_len();
     body.write_all(&header.encode(plan.dialect))
-        .map_err(|e| PackError::write("the header", header_at, e))?;
-    flush(body, "the header", header_at)?;
+        .map_err(|e| PackError::write(ImagePart::Header, header_at, e))?;
+    flush(body, ImagePart::Header, header_at)?;
     Ok((stats, data_end, header_at + HEADER_LEN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::PackOptions;
+    use mkmodule_format::Dialect;
+
+    fn plan(dialect: Dialect, input_len: Option<u64>) -> Plan {
+        let options = PackOptions {
+            dialect,
+            input_len,
+            ..PackOptions::portable()
+        };
+        options.plan().unwrap()
+    }
+
+    #[test]
+    fn footer_images_stream_to_anything() {
+        let footer = plan(Dialect::LinuxV4Footer, None);
+        for kind in [
+            OutputKind::NewFile,
+            OutputKind::Seekable,
+            OutputKind::Sequential,
+        ] {
+            assert_eq!(
+                SinkKind::choose(&footer, kind, "x").unwrap(),
+                SinkKind::Stream
+            );
+        }
+    }
+
+    #[test]
+    fn header_first_images_need_a_length_and_a_seek_or_a_spool() {
+        let known = plan(Dialect::LinuxV2, Some(1 << 20));
+        let unknown = plan(Dialect::LinuxV2, None);
+        let choose = |plan: &Plan, kind| SinkKind::choose(plan, kind, "standard output");
+        assert_eq!(
+            choose(&known, OutputKind::NewFile).unwrap(),
+            SinkKind::Seekable
+        );
+        assert_eq!(
+            choose(&known, OutputKind::Seekable).unwrap(),
+            SinkKind::Seekable
+        );
+        assert_eq!(
+            choose(&unknown, OutputKind::NewFile).unwrap(),
+            SinkKind::Spooled
+        );
+        for (plan, kind) in [
+            (&known, OutputKind::Sequential),
+            (&unknown, OutputKind::Seekable),
+            (&unknown, OutputKind::Sequential),
+        ] {
+            let error = choose(plan, kind).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("a v2 image cannot go to standard output here"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn sinks_that_cannot_hold_the_layout_are_refused() {
+        let unknown = plan(Dialect::LinuxV2, None);
+        assert!(matches!(
+            SinkKind::Stream.check(&unknown),
+            Err(PackError::CannotStream { .. })
+        ));
+        assert!(matches!(
+            SinkKind::Seekable.check(&unknown),
+            Err(PackError::InPlaceNeedsLength { .. })
+        ));
+        assert!(SinkKind::Spooled.check(&unknown).is_ok());
+    }
 }

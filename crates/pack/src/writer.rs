@@ -7,23 +7,10 @@ use std::io::Write;
 use mkmodule_codec::CodecKind;
 use mkmodule_format::{encode_entry, IndexEntry, OFFSET_MASK};
 
+use crate::block::{DedupKey, Done, Encoded, ZeroBlock};
 use crate::encode::Encoding;
-use crate::pipeline::{Done, Encoded};
-use crate::{PackError, Plan};
-
-/// A block's 16-byte dedup key: the start of the SHA-256 of its compressed bytes.
-pub(crate) type DedupKey = [u8; 16];
-
-/// The compressed bytes of an all-zero block, computed once per image.
-#[derive(Debug, Clone)]
-pub(crate) struct ZeroBlock {
-    /// The compressed bytes.
-    pub bytes: Vec<u8>,
-    /// How they were encoded.
-    pub encoding: Encoding,
-    /// Their dedup key.
-    pub key: Option<DedupKey>,
-}
+use crate::error::{ImagePart, PackError};
+use crate::options::Plan;
 
 /// Counts for the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -148,11 +135,14 @@ impl<'p> ImageBuilder<'p> {
             }
         }
         body.write_all(bytes).map_err(|e| {
-            let what = match base {
-                Some(_) => format!("block {block}"),
-                None => format!("block {block} to the spool file at its byte {}", self.pos),
+            let part = match base {
+                Some(_) => ImagePart::Block(block),
+                None => ImagePart::SpooledBlock {
+                    block,
+                    at: self.pos,
+                },
             };
-            PackError::write(what, base.unwrap_or(0) + self.pos, e)
+            PackError::write(part, base.unwrap_or(0) + self.pos, e)
         })?;
         self.counts.per_codec[code as usize] += 1;
         self.entries.push(code << 60 | self.pos);
@@ -174,7 +164,7 @@ impl<'p> ImageBuilder<'p> {
             chunk.extend_from_slice(&encode_entry(dialect, entry)?.to_be_bytes());
             if chunk.len() >= 64 * 1024 {
                 out.write_all(&chunk)
-                    .map_err(|e| PackError::write("the index", at, e))?;
+                    .map_err(|e| PackError::write(ImagePart::Index, at, e))?;
                 chunk.clear();
             }
         }
@@ -184,6 +174,6 @@ impl<'p> ImageBuilder<'p> {
         }
         chunk.extend_from_slice(&end.to_be_bytes());
         out.write_all(&chunk)
-            .map_err(|e| PackError::write("the index", at, e))
+            .map_err(|e| PackError::write(ImagePart::Index, at, e))
     }
 }

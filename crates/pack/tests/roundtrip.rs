@@ -415,7 +415,8 @@ fn read_and_write_errors_carry_offsets() {
         &|_| {},
     )
     .unwrap_err();
-    let text = err.to_string();
+    // The I/O cause is the error's source, not part of its own message.
+    let text = mkmodule_blockdev::chain_text(&err);
     assert!(matches!(err, PackError::Write { .. }), "{text}");
     assert!(text.contains("No space left on device"), "{text}");
 }

@@ -1,22 +1,23 @@
 //! `mkmodule commit`: fold a copy-on-write overlay (from `mkmodule serve --cow FILE`) and its
 //! image into a new image.
 
-use std::collections::HashMap;
-use std::fs::File;
-
+use std::fs::{File, OpenOptions as FileOptions};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use mkmodule_blockdev::{BlockDevice, DeviceReader, FileDevice};
+use mkmodule_blockdev::DeviceReader;
 use mkmodule_codec::CodecKind;
-use mkmodule_format::{BlockKind, Dialect, FormatError};
-use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
-use mkmodule_overlay::{Overlay, OverlayOptions};
+use mkmodule_format::Dialect;
+use mkmodule_image::OpenOptions;
+use mkmodule_overlay::OverlayOptions;
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackOptions, Sink,
+    check_block_size, choose_dialect, pack_with_plan, CodecChoice, FormatChoice, OutputKind,
+    PackOptions, PackSummary, Plan, Sink, SinkKind,
 };
 
+use crate::open::{main_codec, open_device, open_overlay, Found, OverlayStore};
+use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
 
@@ -79,39 +80,20 @@ struct BaseStyle {
     block_size: u32,
 }
 
-/// Opens IMAGE as a cloop image (or a raw file) for use as the overlay's base.
-fn open_base(path: &Path) -> Result<(Arc<dyn BlockDevice>, Option<BaseStyle>)> {
-    match Image::open_with(path, &OpenOptions::default()) {
-        Ok(image) => {
-            let mut counts: HashMap<CodecKind, u64> = HashMap::new();
-            for block in image.index().blocks() {
-                if block.kind == BlockKind::Stored {
-                    *counts.entry(block.codec).or_default() += 1;
-                }
-            }
-            let codec = counts
-                .into_iter()
-                .filter(|(k, _)| !matches!(k, CodecKind::None | CodecKind::Lzo))
-                .max_by_key(|&(k, n)| (n, k as u8))
-                .map(|(k, _)| k);
-            let style = BaseStyle {
-                dialect: image.dialect(),
-                codec,
-                block_size: image.block_size(),
-            };
-            Ok((Arc::new(ImageDevice::new(Arc::new(image))), Some(style)))
-        }
-        Err(ImageError::Format(FormatError::NotCloop { .. })) => {
-            let raw = FileDevice::open(path)
-                .with_context(|| format!("opening {} as a raw image", path.display()))?;
-            Ok((Arc::new(raw), None))
-        }
-        Err(error) => Err(error).with_context(|| format!("opening {}", path.display())),
+/// What the new image follows of a base that is a cloop image.
+fn base_style(found: &Found) -> Option<BaseStyle> {
+    match found {
+        Found::Image(image) => Some(BaseStyle {
+            dialect: image.dialect(),
+            codec: main_codec(image),
+            block_size: image.block_size(),
+        }),
+        Found::Raw => None,
     }
 }
 
-/// The pack options: the base's dialect, codec and block size unless told otherwise.
-fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<PackOptions> {
+/// The packer's plan: the base's dialect, codec and block size unless told otherwise.
+fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<Plan> {
     let mut options = PackOptions::portable();
     let format = match (args.format, style) {
         (Some(format), _) => format,
@@ -154,8 +136,7 @@ fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<PackOptions
     }
     options.trailer = !args.no_trailer;
     options.input_len = Some(size);
-    options.plan()?;
-    Ok(options)
+    Ok(options.plan()?)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -176,51 +157,41 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    if args.output.exists() && !args.force {
+    let destination = Destination::of(&args.output);
+    if destination != Destination::Missing && !args.force {
         bail!(
             "{} exists: pass --force to replace it",
             args.output.display()
         );
     }
-    let (base, style) = open_base(&args.image)?;
-    let size = base.size();
-    let options = plan(&args, style.as_ref(), size)?;
-    let overlay = Overlay::open(
-        &args.overlay,
-        base,
-        &OverlayOptions::default().read_only(true),
-    )
-    .with_context(|| format!("opening the overlay {}", args.overlay.display()))?;
+    if destination == Destination::Directory {
+        bail!("{} is a directory", args.output.display());
+    }
+    let base = open_device(&args.image, &OpenOptions::default())?;
+    let size = base.device.size();
+    let plan = plan(&args, base_style(&base.found).as_ref(), size)?;
+    let overlay = open_overlay(
+        base.device,
+        OverlayStore::ExistingReadOnly(&args.overlay),
+        &OverlayOptions::default(),
+    )?;
     let stats = overlay.stats();
-    let file_name = args
-        .output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    let tmp = args
-        .output
-        .with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<mkmodule_pack::PackSummary> {
-        let mut out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let bar = bytes_bar(Some(size), "commit", args.quiet);
-        // The merged view of the overlay as a stream, for the packer.
-        let reader = bar.wrap_read(DeviceReader::new(&overlay));
-        let summary = pack(reader, Sink::Seekable(&mut out), &options, &|_| {})
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        bar.finish_and_clear();
-        out.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &args.output)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), args.output.display()))?;
-        Ok(summary)
-    })();
-    let summary = match result {
-        Ok(summary) => summary,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+    let bar = bytes_bar(Some(size), "commit", args.quiet);
+    // The merged view of the overlay as a stream, for the packer.
+    let reader = bar.wrap_read(DeviceReader::new(overlay.as_ref()));
+    let name = args.output.display().to_string();
+    let summary = match destination {
+        Destination::BlockDevice | Destination::SpecialFile => {
+            // A device or a FIFO: write into it, never replace it.
+            let mut out = FileOptions::new()
+                .write(true)
+                .open(&args.output)
+                .with_context(|| format!("opening {name}"))?;
+            write_in_place(reader, &mut out, &plan, &name)?
         }
+        _ => write_new_file(reader, &args, &plan, &name)?,
     };
+    bar.finish_and_clear();
     eprintln!(
         "mkmodule: {} + {} ({} chunks of {} written, {} zeroed) -> {}: {} image, {} blocks of \
          {}, {} for {}",
@@ -237,4 +208,47 @@ pub fn run(args: Args) -> Result<()> {
         human_bytes(summary.input_len)
     );
     Ok(())
+}
+
+/// Packs into a new file beside the output, renamed into place when complete.
+fn write_new_file(
+    reader: impl Read + Send,
+    args: &Args,
+    plan: &Plan,
+    name: &str,
+) -> Result<PackSummary> {
+    let replace = if args.force {
+        Replace::Existing
+    } else {
+        Replace::Never
+    };
+    let mut temp = OutputFile::create(&args.output, replace)?;
+    let mut out = SyncBehind::new(temp.file_mut());
+    let sink = match SinkKind::choose(plan, OutputKind::NewFile, name)? {
+        SinkKind::Stream => Sink::Stream(&mut out),
+        // The length is known: a header-first image is written in place.
+        _ => Sink::Seekable(&mut out),
+    };
+    let summary =
+        pack_with_plan(reader, sink, plan, &|_| {}).with_context(|| format!("writing {name}"))?;
+    drop(out);
+    temp.commit(name)?;
+    Ok(summary)
+}
+
+/// Packs into an existing device or FIFO, in place.
+fn write_in_place(
+    reader: impl Read + Send,
+    out: &mut File,
+    plan: &Plan,
+    name: &str,
+) -> Result<PackSummary> {
+    let kind = in_place_kind(out);
+    let summary = match SinkKind::choose(plan, kind, name)? {
+        SinkKind::Seekable => pack_with_plan(reader, Sink::Seekable(out), plan, &|_| {}),
+        _ => pack_with_plan(reader, Sink::Stream(out), plan, &|_| {}),
+    }
+    .with_context(|| format!("writing {name}"))?;
+    out.flush().with_context(|| format!("writing {name}"))?;
+    Ok(summary)
 }

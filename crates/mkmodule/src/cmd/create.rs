@@ -1,24 +1,25 @@
 //! `mkmodule create`: compress a filesystem or disk image into a cloop-family image.
 //!
-//! Parse, then act: the arguments become a validated [`Plan`] before a byte is read or written.
-//! The image is written to a temporary file in the output's directory, synced and renamed into
-//! place only when complete; on an error or a signal (INT, TERM, HUP) the temporary file is
-//! removed and the exit status is non-zero.
+//! Parse, then act: the arguments become a validated [`Job`] before a byte is read or written.
+//! The image is written through [`crate::output::OutputFile`]: a temporary file in the output's
+//! directory, synced and renamed into place only when complete; on an error or a signal (INT,
+//! TERM, HUP) the temporary file is removed and the exit status is non-zero. Which sink the
+//! packer writes through is pack's choice ([`SinkKind::choose`]).
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
 
 use anyhow::{anyhow, bail, Context, Result};
-use mkmodule_format::HeaderPosition;
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack, CodecChoice, FormatChoice, PackError, PackOptions,
-    PackSummary, ProgressEvent, Sink, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
+    check_block_size, choose_dialect, pack_with_plan, CodecChoice, FormatChoice, OutputKind,
+    PackError, PackOptions, PackSummary, Plan, ProgressEvent, Sink, SinkKind, DEFAULT_ZLIB_LEVEL,
+    DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
+use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
 
@@ -159,18 +160,21 @@ enum OutputSpec {
 
 /// The validated job: everything decided before any I/O.
 #[derive(Debug)]
-struct Plan {
+struct Job {
     input: InputSpec,
     output: OutputSpec,
     options: PackOptions,
+    /// The packer's plan, made once from `options` (its input length set when the input is
+    /// open).
+    plan: Plan,
     size: Option<u64>,
     force: bool,
     quiet: bool,
     json: bool,
 }
 
-impl Plan {
-    fn from_args(args: Args) -> Result<Plan> {
+impl Job {
+    fn from_args(args: Args) -> Result<Job> {
         let block_size = parse_size(&args.block_size)
             .map_err(|e| anyhow!("--block-size: {e}"))
             .and_then(|bs| Ok(check_block_size(bs)?))?;
@@ -209,30 +213,27 @@ impl Plan {
             ..PackOptions::portable()
         };
         // Everything the packer would refuse, refused now.
-        options.plan()?;
-        Ok(Plan {
+        let plan = options.plan()?;
+        Ok(Job {
             input,
             output,
             options,
+            plan,
             size,
             force: args.force,
             quiet: args.quiet,
             json: args.json,
         })
     }
-
-    fn header_first(&self) -> bool {
-        self.options.dialect.spec().header_position == HeaderPosition::Start
-    }
 }
 
 /// Runs `mkmodule create`.
 pub fn run(args: Args) -> Result<()> {
-    let mut plan = Plan::from_args(args)?;
-    let (input, input_len) = open_input(&plan.input, plan.size)?;
-    plan.options.input_len = input_len;
-    plan.options.plan()?;
-    match plan.output.clone() {
+    let mut job = Job::from_args(args)?;
+    let (input, input_len) = open_input(&job.input, job.size)?;
+    job.options.input_len = input_len;
+    job.plan = job.plan.clone().with_input_len(input_len)?;
+    match job.output.clone() {
         OutputSpec::Stdout => {
             if std::io::stdout().is_terminal() {
                 bail!(
@@ -244,9 +245,9 @@ pub fn run(args: Args) -> Result<()> {
                 .as_fd()
                 .try_clone_to_owned()
                 .context("cannot use standard output")?;
-            write_direct(&plan, input, File::from(stdout), "standard output")
+            write_direct(&job, input, File::from(stdout), "standard output")
         }
-        OutputSpec::Path(path) => write_path(&plan, input, &path),
+        OutputSpec::Path(path) => write_path(&job, input, &path),
     }
 }
 
@@ -302,30 +303,21 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 
 /// Writes to an output we do not own (standard output, an existing device): in place when it
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
-fn write_direct(plan: &Plan, input: File, mut out: File, name: &str) -> Result<()> {
+fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
-    let at_start = out.stream_position().ok() == Some(0);
-    let result = if !plan.header_first() {
-        run_pack(plan, input, Sink::Stream(&mut out), name)
-    } else if at_start && plan.options.input_len.is_some() {
-        run_pack(plan, input, Sink::Seekable(&mut out), name)
-    } else {
-        bail!(
-            "a {dialect} image cannot go to {name} here: its index comes before the blocks, so \
-             the block count must be known (give --size when reading a pipe) and the output \
-             must seek (a file, not a pipe); use --format v4-footer (index at the end) or write \
-             to a file with -o FILE",
-            dialect = plan.options.dialect
-        );
+    let kind = in_place_kind(&mut out);
+    let sink = match SinkKind::choose(&job.plan, kind, name)? {
+        SinkKind::Seekable => Sink::Seekable(&mut out),
+        _ => Sink::Stream(&mut out),
     };
-    match result {
+    match run_pack(job, input, sink, name) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
                     .with_context(|| format!("cannot set the length of {name}"))?;
             }
             out.flush().ok();
-            report(plan, &summary, name)
+            report(job, &summary, name)
         }
         Err(error) => {
             if regular {
@@ -338,225 +330,71 @@ fn write_direct(plan: &Plan, input: File, mut out: File, name: &str) -> Result<(
 }
 
 /// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
-fn write_path(plan: &Plan, input: File, path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path).and_then(|_| fs::metadata(path)) {
-        Ok(meta) if meta.is_dir() => bail!(
+fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
+    match Destination::of(path) {
+        Destination::Directory => bail!(
             "the output {} is a directory: name a file, e.g. {}",
             path.display(),
             path.join("KNOPPIX").display()
         ),
-        Ok(_) if !plan.force => bail!(
+        Destination::Missing => {}
+        _ if !job.force => bail!(
             "the output {} exists: add -f to overwrite it",
             path.display()
         ),
-        Ok(meta) if !meta.is_file() => {
+        Destination::RegularFile => {}
+        special => {
             // A device or a FIFO: write into it, never replace it.
             let out = OpenOptions::new()
                 .write(true)
                 .open(path)
                 .with_context(|| format!("cannot open the output {}", path.display()))?;
-            let kind = if meta.file_type().is_block_device() {
+            let kind = if special == Destination::BlockDevice {
                 "the device"
             } else {
                 "the special file"
             };
-            return write_direct(plan, input, out, &format!("{kind} {}", path.display()));
+            return write_direct(job, input, out, &format!("{kind} {}", path.display()));
         }
-        _ => {}
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+    let replace = if job.force {
+        Replace::Existing
+    } else {
+        Replace::Never
     };
-    if !dir.is_dir() {
-        bail!("the output directory {} does not exist", dir.display());
-    }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("the output {} does not name a file", path.display()))?;
-    let file_name = file_name.to_string_lossy();
-    remove_stale_temp_files(&dir, &file_name);
-    let mut temp = tempfile::Builder::new()
-        .prefix(&temp_prefix(&file_name, std::process::id()))
-        .suffix(TEMP_SUFFIX)
-        .permissions(Permissions::from_mode(0o666))
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let guard = CleanupGuard::register(temp.path().to_path_buf());
+    let mut temp = OutputFile::create(path, replace)?;
     let name = path.display().to_string();
-    let mut out = SyncBehind::new(temp.as_file_mut());
-    let summary = if !plan.header_first() {
-        run_pack(plan, input, Sink::Stream(&mut out), &name)?
-    } else if plan.options.input_len.is_some() {
-        run_pack(plan, input, Sink::Seekable(&mut out), &name)?
-    } else {
-        // Unknown length: spool the blocks beside the output (an unnamed file that vanishes
-        // with the process), then write header, index and blocks.
-        let mut spool = tempfile::tempfile_in(&dir)
-            .with_context(|| format!("cannot create a spool file in {}", dir.display()))?;
-        run_pack(
-            plan,
-            input,
-            Sink::Spooled {
-                output: &mut out,
-                spool: &mut spool,
-            },
-            &name,
-        )?
+    let sink_kind = SinkKind::choose(&job.plan, OutputKind::NewFile, &name)?;
+    // Unknown length: the blocks are spooled beside the output (an unnamed file that vanishes
+    // with the process), then header, index and blocks are written.
+    let mut spool =
+        match sink_kind {
+            SinkKind::Spooled => Some(tempfile::tempfile_in(temp.dir()).with_context(|| {
+                format!("cannot create a spool file in {}", temp.dir().display())
+            })?),
+            _ => None,
+        };
+    let mut out = SyncBehind::new(temp.file_mut());
+    let sink = match (sink_kind, spool.as_mut()) {
+        (SinkKind::Seekable, _) => Sink::Seekable(&mut out),
+        (SinkKind::Spooled, Some(spool)) => Sink::Spooled {
+            output: &mut out,
+            spool,
+        },
+        _ => Sink::Stream(&mut out),
     };
+    let summary = run_pack(job, input, sink, &name)?;
     drop(out);
-    temp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {name}: syncing it to disk failed"))?;
-    let persisted = if plan.force {
-        temp.persist(path)
-    } else {
-        temp.persist_noclobber(path)
-    };
-    persisted.map_err(|e| {
-        anyhow!(e.error).context(format!(
-            "cannot rename the finished image to {}",
-            path.display()
-        ))
-    })?;
-    drop(guard);
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    report(plan, &summary, &path.display().to_string())
-}
-
-/// Ending of the temporary files `create` writes beside the output.
-const TEMP_SUFFIX: &str = ".partial";
-
-/// Start of the name of the temporary file process `pid` writes for the output `name`:
-/// `.NAME.PID.` (then a random part and [`TEMP_SUFFIX`]).
-fn temp_prefix(name: &str, pid: u32) -> String {
-    format!(".{name}.{pid}.")
-}
-
-/// The process id in `entry` when it is the name of a temporary file `create` made for the
-/// output `name` (`.NAME.PID.RANDOM.partial`, the random part letters and digits).
-fn temp_owner(entry: &str, name: &str) -> Option<u32> {
-    let rest = entry
-        .strip_prefix('.')?
-        .strip_prefix(name)?
-        .strip_prefix('.')?
-        .strip_suffix(TEMP_SUFFIX)?;
-    let (pid, random) = rest.split_once('.')?;
-    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
-    let random_ok = !random.is_empty() && random.bytes().all(|b| b.is_ascii_alphanumeric());
-    if digits && random_ok {
-        pid.parse().ok()
-    } else {
-        None
-    }
-}
-
-/// Removes the temporary files of earlier `create` runs for the output `name` in `dir` whose
-/// process is gone: a run killed by SIGKILL (or a crash, or power loss) cannot remove its own.
-/// Only regular files of exactly our naming pattern are touched, only when /proc shows their
-/// process no longer exists (a live process's file, or a file from another machine sharing the
-/// directory whose pid happens to be live here, is left alone). Best effort: errors are ignored.
-fn remove_stale_temp_files(dir: &Path, name: &str) {
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name.to_str().and_then(|n| temp_owner(n, name)) else {
-            continue;
-        };
-        let regular = entry.file_type().is_ok_and(|t| t.is_file());
-        if regular && pid != std::process::id() && !proc.join(pid.to_string()).exists() {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Bytes written between two background flushes of the output.
-const SYNC_EVERY: u64 = 32 << 20;
-
-/// Writes through to a file and has a helper thread flush it to disk every [`SYNC_EVERY`]
-/// bytes, so disk writes overlap compression and the final fsync finds little left to do.
-/// Errors of the background flushes are ignored: the final `sync_all` reports them.
-struct SyncBehind<'a> {
-    file: &'a mut File,
-    unsynced: u64,
-    kick: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl<'a> SyncBehind<'a> {
-    fn new(file: &'a mut File) -> SyncBehind<'a> {
-        let (kick, thread) = match file.try_clone() {
-            Ok(clone) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-                let thread = std::thread::Builder::new()
-                    .name("mkmodule-sync".into())
-                    .spawn(move || {
-                        while rx.recv().is_ok() {
-                            let _ = clone.sync_data();
-                        }
-                    })
-                    .ok();
-                (thread.is_some().then_some(tx), thread)
-            }
-            Err(_) => (None, None),
-        };
-        SyncBehind {
-            file,
-            unsynced: 0,
-            kick,
-            thread,
-        }
-    }
-}
-
-impl Write for SyncBehind<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unsynced += n as u64;
-        if self.unsynced >= SYNC_EVERY {
-            self.unsynced = 0;
-            if let Some(kick) = &self.kick {
-                // A flush already pending covers these bytes too.
-                let _ = kick.try_send(());
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for SyncBehind<'_> {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.file.seek(pos)
-    }
-}
-
-impl Drop for SyncBehind<'_> {
-    fn drop(&mut self) {
-        self.kick = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    temp.commit(&name)?;
+    report(job, &summary, &name)
 }
 
 /// Runs the packer with a progress bar. Errors reading the input name it; errors writing the
 /// image name `out_name`.
-fn run_pack(plan: &Plan, input: File, sink: Sink<'_>, out_name: &str) -> Result<PackSummary> {
-    let total = plan.options.input_len;
-    let bar = bytes_bar(total, "creating", plan.quiet);
-    let bs = u64::from(plan.options.block_size);
+fn run_pack(job: &Job, input: File, sink: Sink<'_>, out_name: &str) -> Result<PackSummary> {
+    let total = job.plan.input_len;
+    let bar = bytes_bar(total, "creating", job.quiet);
+    let bs = u64::from(job.plan.block_size);
     let blocks_total = total.map(|t| t.div_ceil(bs).max(1));
     let progress = |event: ProgressEvent| match event {
         ProgressEvent::Blocks {
@@ -573,11 +411,11 @@ fn run_pack(plan: &Plan, input: File, sink: Sink<'_>, out_name: &str) -> Result<
         }
         ProgressEvent::Finishing => bar.set_message("writing the index"),
     };
-    let result = pack(input, sink, &plan.options, &progress);
+    let result = pack_with_plan(input, sink, &job.plan, &progress);
     bar.finish_and_clear();
     result.map_err(|error| match error {
         PackError::Read { .. } => {
-            let input = match &plan.input {
+            let input = match &job.input {
                 InputSpec::Stdin => "standard input".to_string(),
                 InputSpec::Path(path) => path.display().to_string(),
             };
@@ -591,11 +429,11 @@ fn run_pack(plan: &Plan, input: File, sink: Sink<'_>, out_name: &str) -> Result<
 }
 
 /// The summary line, or JSON.
-fn report(plan: &Plan, s: &PackSummary, out_name: &str) -> Result<()> {
+fn report(job: &Job, s: &PackSummary, out_name: &str) -> Result<()> {
     let secs = s.elapsed.as_secs_f64().max(1e-6);
     let ratio = s.image_len as f64 / s.input_len.max(1) as f64;
     let mb_s = s.input_len as f64 / 1e6 / secs;
-    if plan.json {
+    if job.json {
         let codecs: serde_json::Map<String, serde_json::Value> = s
             .blocks_per_codec
             .iter()
@@ -604,7 +442,7 @@ fn report(plan: &Plan, s: &PackSummary, out_name: &str) -> Result<()> {
         let value = serde_json::json!({
             "output": out_name,
             "dialect": s.dialect.name(),
-            "codec": plan.options.codec.to_string(),
+            "codec": job.options.codec.to_string(),
             "block_size": s.block_size,
             "num_blocks": s.num_blocks,
             "input_bytes": s.input_len,
@@ -619,17 +457,17 @@ fn report(plan: &Plan, s: &PackSummary, out_name: &str) -> Result<()> {
             "sha256": s.sha256.map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
             "seconds": secs,
             "input_mb_per_s": mb_s,
-            "threads": plan.options.threads,
+            "threads": job.options.threads,
         });
         let text = serde_json::to_string_pretty(&value)?;
-        if matches!(plan.output, OutputSpec::Stdout) {
+        if matches!(job.output, OutputSpec::Stdout) {
             eprintln!("{text}");
         } else {
             println!("{text}");
         }
         return Ok(());
     }
-    if !plan.quiet {
+    if !job.quiet {
         eprintln!(
             "mkmodule: {out_name}: {} -> {} (ratio {ratio:.3}), {} blocks of {}, {} {}, {:.1} s, \
              {mb_s:.0} MB/s",
@@ -638,62 +476,11 @@ fn report(plan: &Plan, s: &PackSummary, out_name: &str) -> Result<()> {
             s.num_blocks,
             human_bytes(u64::from(s.block_size)),
             s.dialect,
-            plan.options.codec,
+            job.options.codec,
             secs,
         );
     }
     Ok(())
-}
-
-/// Temporary files to remove when a signal stops the process.
-static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static HANDLER: Once = Once::new();
-
-/// Removes its path on a signal while alive (on drop the path is forgotten: by then it was
-/// renamed into place, or `tempfile` removed it).
-struct CleanupGuard(PathBuf);
-
-impl CleanupGuard {
-    fn register(path: PathBuf) -> CleanupGuard {
-        HANDLER.call_once(install_signal_handler);
-        if let Ok(mut paths) = CLEANUP.lock() {
-            paths.push(path.clone());
-        }
-        CleanupGuard(path)
-    }
-}
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        if let Ok(mut paths) = CLEANUP.lock() {
-            paths.retain(|p| p != &self.0);
-        }
-    }
-}
-
-/// On SIGINT, SIGTERM or SIGHUP: remove the registered temporary files and exit with 128 +
-/// the signal number.
-fn install_signal_handler() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        return;
-    };
-    let spawned = std::thread::Builder::new()
-        .name("mkmodule-signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                if let Ok(paths) = CLEANUP.lock() {
-                    for path in paths.iter() {
-                        let _ = fs::remove_file(path);
-                    }
-                }
-                eprintln!("mkmodule: stopped by signal {signal}; no image was written");
-                std::process::exit(128 + signal);
-            }
-        });
-    if spawned.is_err() {
-        eprintln!("mkmodule: warning: cannot watch for signals");
-    }
 }
 
 #[cfg(test)]
@@ -708,10 +495,10 @@ mod tests {
         args: Args,
     }
 
-    fn plan(argv: &[&str]) -> Result<Plan> {
+    fn plan(argv: &[&str]) -> Result<Job> {
         let mut full = vec!["create"];
         full.extend_from_slice(argv);
-        Plan::from_args(Cli::try_parse_from(full)?.args)
+        Job::from_args(Cli::try_parse_from(full)?.args)
     }
 
     #[test]
@@ -757,47 +544,6 @@ mod tests {
         assert_eq!(p.options.dialect, Dialect::UzipXzDedup);
         let p = plan(&["in", "-o", "out", "-c", "lz4", "--format", "v4-footer"]).unwrap();
         assert_eq!(p.options.dialect, Dialect::LinuxV4Footer);
-    }
-
-    #[test]
-    fn temp_names_carry_the_pid_and_only_ours_match() {
-        let name = format!("{}abc123{TEMP_SUFFIX}", temp_prefix("KNOPPIX", 4242));
-        assert_eq!(name, ".KNOPPIX.4242.abc123.partial");
-        assert_eq!(temp_owner(&name, "KNOPPIX"), Some(4242));
-        // Another output whose name extends ours, old names without a pid, and extract's files.
-        for other in [
-            ".KNOPPIX.1.4242.abc123.partial",
-            ".KNOPPIX.abc123.partial",
-            ".KNOPPIX.4242.abc123.part",
-            ".KNOPPIX.x42.abc123.partial",
-            "KNOPPIX.4242.abc123.partial",
-            ".KNOPPIX.4242..partial",
-        ] {
-            assert_eq!(temp_owner(other, "KNOPPIX"), None, "{other}");
-        }
-        assert_eq!(temp_owner(".a.b.7.Zz9.partial", "a.b"), Some(7));
-    }
-
-    #[test]
-    fn stale_temp_files_of_dead_processes_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        // A pid above the kernel's limit (4194304) is never alive.
-        let dead = format!(".out.img.{}.dead01{TEMP_SUFFIX}", 99_999_999u32);
-        let alive = format!(".out.img.{}.live01{TEMP_SUFFIX}", std::process::id());
-        let init = format!(".out.img.1.init01{TEMP_SUFFIX}");
-        let other = format!(".other.img.{}.dead02{TEMP_SUFFIX}", 99_999_999u32);
-        for name in [&dead, &alive, &init, &other] {
-            fs::write(dir.path().join(name), b"x").unwrap();
-        }
-        remove_stale_temp_files(dir.path(), "out.img");
-        let mut left: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut expected = vec![alive, init, other];
-        expected.sort();
-        assert_eq!(left, expected);
     }
 
     #[test]

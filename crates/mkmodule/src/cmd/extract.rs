@@ -1,20 +1,22 @@
 //! `mkmodule extract`: decompress an image back to the raw filesystem or disk image.
 //!
 //! Blocks are decoded on every core. A regular-file output is written at block offsets from the
-//! decoding threads, with holes for zero blocks, into a temporary file next to OUT that is
-//! renamed over OUT only when everything succeeded: an error never leaves a partial OUT behind.
-//! Standard output, pipes and devices get the blocks in order.
+//! decoding threads, with holes for zero blocks, into a temporary file next to OUT
+//! ([`crate::output::OutputFile`]) that is synced and renamed over OUT only when everything
+//! succeeded: an error or a signal never leaves a partial OUT behind. Standard output, pipes and
+//! devices get the blocks in order.
 
-use std::fs::{self, File, OpenOptions as FileOptions, Permissions};
+use std::fs::{File, OpenOptions as FileOptions};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use mkmodule_blockdev::is_zero;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
 
+use crate::output::{Destination, OutputFile, Replace};
 use crate::progress::bytes_bar;
 
 /// Arguments of `mkmodule extract`.
@@ -91,12 +93,12 @@ fn extract_to_path(
     bar: &ProgressBar,
 ) -> Result<()> {
     let out = &args.output;
-    match fs::metadata(out) {
-        Ok(meta) if meta.is_dir() => bail!("{} is a directory", out.display()),
-        Ok(meta) if meta.is_file() && !args.force => {
+    match Destination::of(out) {
+        Destination::Directory => bail!("{} is a directory", out.display()),
+        Destination::RegularFile if !args.force => {
             bail!("{} exists: use --force to replace it", out.display())
         }
-        Ok(meta) if !meta.is_file() => {
+        Destination::BlockDevice | Destination::SpecialFile => {
             // A device or a FIFO: write into it in order; holes make no sense there.
             let mut file = FileOptions::new()
                 .write(true)
@@ -108,39 +110,17 @@ fn extract_to_path(
                 .flush()
                 .with_context(|| format!("writing {}", out.display()));
         }
-        _ => {}
+        Destination::Missing | Destination::RegularFile => {}
     }
-    let dir = match out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} names no file", out.display()))?
-        .to_string_lossy();
-    let temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".part")
-        .permissions(Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    write_at_offsets(
-        image,
-        pass,
-        temp.as_file(),
-        !args.no_sparse,
-        bar,
-        &out.display().to_string(),
-    )?;
-    let persisted = if args.force {
-        temp.persist(out)
+    let replace = if args.force {
+        Replace::Existing
     } else {
-        temp.persist_noclobber(out)
+        Replace::Never
     };
-    persisted
-        .map(drop)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming the finished output to {}", out.display()))
+    let temp = OutputFile::create(out, replace)?;
+    let name = out.display().to_string();
+    write_at_offsets(image, pass, temp.file(), !args.no_sparse, bar, &name)?;
+    temp.commit(&name)
 }
 
 /// Decodes on all threads and writes each block at its offset; zero blocks become holes when

@@ -2,15 +2,14 @@
 //! start, and the image opening they share.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use mkmodule_blockdev::{BlockDevice, FileDevice};
-use mkmodule_format::FormatError;
-use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
+use anyhow::{bail, Result};
+use mkmodule_image::OpenOptions;
 use mkmodule_mount::fuse_file::{ExportFile, ServeOptions};
 use mkmodule_mount::server;
+use mkmodule_overlay::OverlayOptions;
 
+use crate::open::{open_device, open_overlay, OverlayStore};
 use crate::units::parse_size;
 
 /// Options of the FUSE server shared by `mount`, `attach` and the daemon.
@@ -47,23 +46,6 @@ pub struct Args {
     server: ServerArgs,
 }
 
-/// Opens `path` as a cloop image, or as a raw file when it carries no cloop signature.
-pub fn open_export(path: &Path, cache_bytes: u64) -> Result<Arc<dyn BlockDevice>> {
-    let options = OpenOptions {
-        cache_bytes,
-        ..OpenOptions::default()
-    };
-    match Image::open_with(path, &options) {
-        Ok(image) => Ok(Arc::new(ImageDevice::new(Arc::new(image)))),
-        Err(ImageError::Format(FormatError::NotCloop { .. })) => {
-            let export = FileDevice::open(path)
-                .with_context(|| format!("opening {} as a raw image", path.display()))?;
-            Ok(Arc::new(export))
-        }
-        Err(error) => Err(error).with_context(|| format!("opening {}", path.display())),
-    }
-}
-
 /// Opens the images (and the overlay over a single one) as the FUSE server's files.
 pub fn export_files(
     images: &[PathBuf],
@@ -75,27 +57,19 @@ pub fn export_files(
     }
     let names = mkmodule_mount::file_names(images);
     let mut files = Vec::with_capacity(images.len());
+    let options = OpenOptions {
+        cache_bytes: server.cache_size,
+        ..OpenOptions::default()
+    };
     for (image, name) in images.iter().zip(names) {
-        let mut export = open_export(image, server.cache_size)?;
+        let mut export = open_device(image, &options)?.device;
         if let Some(cow) = cow {
-            export = open_overlay(cow, export, image)?;
+            let options = OverlayOptions::default().with_label(image.display().to_string());
+            export = open_overlay(export, OverlayStore::File(cow), &options)?;
         }
         files.push(ExportFile { name, export });
     }
     Ok(files)
-}
-
-/// Wraps `base` in the copy-on-write overlay kept in `cow` (created when missing).
-fn open_overlay(
-    cow: &Path,
-    base: Arc<dyn BlockDevice>,
-    image: &Path,
-) -> Result<Arc<dyn BlockDevice>> {
-    let options =
-        mkmodule_overlay::OverlayOptions::default().with_label(image.display().to_string());
-    let overlay = mkmodule_overlay::Overlay::open_or_create(cow, base, &options)
-        .with_context(|| format!("opening the copy-on-write overlay {}", cow.display()))?;
-    Ok(Arc::new(overlay))
 }
 
 /// Runs the daemon: serves until the FUSE mount point is unmounted.

@@ -1,0 +1,89 @@
+//! What travels between the conveyor's stages: a block's buffers, what a compressor made of
+//! it, its dedup key, and the compressed all-zero block computed once per image.
+
+use sha2::{Digest, Sha256};
+
+use crate::encode::{BlockEncoder, Encoding};
+use crate::error::PackError;
+use crate::options::Plan;
+
+/// One block's buffers, recycled through the pool.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Uncompressed bytes (always `block_size` long).
+    pub input: Vec<u8>,
+    /// Compressed bytes.
+    pub output: Vec<u8>,
+}
+
+/// What a compressor made of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoded {
+    /// All zeros: no compression; the writer uses the precomputed zero block.
+    Zero,
+    /// Compressed into the slot's output.
+    Data(Encoding),
+}
+
+/// A compressed block on its way to the writer.
+#[derive(Debug)]
+pub(crate) struct Done {
+    /// Block number.
+    pub block: u64,
+    /// Real input bytes in the block.
+    pub real_len: usize,
+    /// How it was encoded.
+    pub encoded: Encoded,
+    /// Dedup key of the compressed bytes (dedup dialects only).
+    pub key: Option<DedupKey>,
+    /// The buffers; the output holds the compressed bytes.
+    pub slot: Slot,
+}
+
+/// A block's 16-byte dedup key: the start of the SHA-256 of its compressed bytes.
+pub(crate) type DedupKey = [u8; 16];
+
+/// The compressed bytes of an all-zero block, computed once per image.
+#[derive(Debug, Clone)]
+pub(crate) struct ZeroBlock {
+    /// The compressed bytes.
+    pub bytes: Vec<u8>,
+    /// How they were encoded.
+    pub encoding: Encoding,
+    /// Their dedup key.
+    pub key: Option<DedupKey>,
+}
+
+/// The dedup key of compressed bytes.
+pub(crate) fn dedup_key(bytes: &[u8]) -> DedupKey {
+    let digest = Sha256::digest(bytes);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// Compresses one all-zero block of the plan's block size with a fresh encoder.
+pub(crate) fn zero_block(plan: &Plan) -> Result<ZeroBlock, PackError> {
+    let mut encoder = BlockEncoder::new(plan).map_err(|(spec, source)| PackError::Compress {
+        block: 0,
+        offset: 0,
+        codec: spec.kind(),
+        source,
+    })?;
+    let zeros = vec![0u8; plan.block_size as usize];
+    let mut bytes = Vec::new();
+    let encoding = encoder
+        .encode(&zeros, &mut bytes)
+        .map_err(|source| PackError::Compress {
+            block: 0,
+            offset: 0,
+            codec: plan.candidates[0].kind(),
+            source,
+        })?;
+    let key = plan.dedup.then(|| dedup_key(&bytes));
+    Ok(ZeroBlock {
+        bytes,
+        encoding,
+        key,
+    })
+}
