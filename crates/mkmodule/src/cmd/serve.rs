@@ -331,19 +331,9 @@ fn read_exports_file(file: &Path) -> Result<Vec<ExportSpec>> {
     Ok(specs)
 }
 
-/// An error and its causes on one line, leaving out causes its own text already repeats.
+/// An error and its causes on one line, each once.
 fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
+    super::describe(e)
 }
 
 /// What identifies an image file's contents well enough to notice a replaced or rewritten file.
