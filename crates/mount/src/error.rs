@@ -235,7 +235,10 @@ mod tests {
             source: io::Error::from(io::ErrorKind::NotFound),
         };
         let text = mkmodule_blockdev::chain_text(&spawn);
-        assert!(text.starts_with("cannot run losetup (it comes with"), "{text}");
+        assert!(
+            text.starts_with("cannot run losetup (it comes with"),
+            "{text}"
+        );
         assert_eq!(text.matches("not found").count(), 1, "{text}");
         assert_eq!(spawn.kind(), ErrorKind::Io);
         assert_eq!(MountError::NoImage.kind(), ErrorKind::Config);

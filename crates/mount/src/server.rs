@@ -208,10 +208,7 @@ impl InProcess {
 
 impl Launcher for InProcess {
     fn launch(&mut self, mountpoint: &Path, _log: &Path) -> Result<u32, MountError> {
-        let files = self
-            .files
-            .take()
-            .ok_or(MountError::AlreadyStarted)?;
+        let files = self.files.take().ok_or(MountError::AlreadyStarted)?;
         let session = fuse_file::mount(mountpoint, files, &self.options)
             .and_then(fuser::Session::spawn)
             .context_with(|| format!("mounting FUSE on {}", mountpoint.display()))?;

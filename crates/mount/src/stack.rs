@@ -226,10 +226,7 @@ fn validate(plan: &Plan) -> Result<(), MountError> {
     match plan.kind {
         Kind::Attach => {}
         Kind::Mount | Kind::Union => {
-            let target = plan
-                .target
-                .as_deref()
-                .ok_or(MountError::NoMountPoint)?;
+            let target = plan.target.as_deref().ok_or(MountError::NoMountPoint)?;
             if !target.is_dir() {
                 return Err(MountError::NotADirectory {
                     path: target.to_path_buf(),

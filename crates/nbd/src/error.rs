@@ -242,7 +242,10 @@ mod tests {
         };
         assert_eq!(listen.kind(), ErrorKind::Io);
         let text = mkmodule_blockdev::chain_text(&listen);
-        assert!(text.starts_with("cannot listen on 127.0.0.1:10809: "), "{text}");
+        assert!(
+            text.starts_with("cannot listen on 127.0.0.1:10809: "),
+            "{text}"
+        );
         assert_eq!(text.matches("cannot listen").count(), 1, "{text}");
         let config = Error::from(ConfigError::DuplicateExport { name: "a".into() });
         assert_eq!(config.kind(), ErrorKind::Config);

@@ -800,7 +800,11 @@ mod tests {
         ] {
             let mut s = greeted(addr);
             go(&mut s, name).unwrap();
-            assert_eq!(request_errno(&mut s, CMD_READ, 0, 512), expected.code(), "{name}");
+            assert_eq!(
+                request_errno(&mut s, CMD_READ, 0, 512),
+                expected.code(),
+                "{name}"
+            );
         }
         let mut s = greeted(addr);
         go(&mut s, "plain").unwrap();

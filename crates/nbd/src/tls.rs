@@ -100,9 +100,9 @@ impl TlsError {
     pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
         match self {
             TlsError::Read { .. } => mkmodule_blockdev::ErrorKind::Io,
-            TlsError::Unparsable { .. }
-            | TlsError::Identity { .. }
-            | TlsError::Verifier { .. } => mkmodule_blockdev::ErrorKind::Config,
+            TlsError::Unparsable { .. } | TlsError::Identity { .. } | TlsError::Verifier { .. } => {
+                mkmodule_blockdev::ErrorKind::Config
+            }
         }
     }
 }

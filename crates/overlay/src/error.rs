@@ -147,7 +147,9 @@ pub enum Damage {
         expected: [u64; 5],
     },
     /// The file is shorter than its layout needs.
-    #[error("the file is {file_len} bytes, shorter than the {needed} its layout needs (truncated?)")]
+    #[error(
+        "the file is {file_len} bytes, shorter than the {needed} its layout needs (truncated?)"
+    )]
     Truncated {
         /// Length of the file.
         file_len: u64,

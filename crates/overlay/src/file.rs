@@ -17,12 +17,12 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::fs::{FallocateFlags, FlockOperation};
 
 use crate::chunk_map::{ChunkMap, ChunkState};
+use crate::error::Damage;
 use crate::identity::hex;
 use crate::journal::{
     decode_checkpoint, decode_record, encode_checkpoint, encode_record, to_runs, Header,
     HeaderProblem, Layout, Run, StateTable, HEADER_LEN, MAX_RUNS_PER_RECORD,
 };
-use crate::error::Damage;
 use crate::OverlayError;
 
 /// Metadata state, guarded by the flush lock.

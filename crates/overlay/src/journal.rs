@@ -180,9 +180,8 @@ impl Header {
             return Err(HeaderProblem::Damaged(Damage::ChunkSize { chunk_size }));
         }
         let base_size = u64_at(b, 16);
-        let layout = Layout::new(u64::from(chunk_size), base_size).ok_or_else(|| {
-            HeaderProblem::Damaged(Damage::BaseSize { base_size })
-        })?;
+        let layout = Layout::new(u64::from(chunk_size), base_size)
+            .ok_or(HeaderProblem::Damaged(Damage::BaseSize { base_size }))?;
         let recorded = [
             u64_at(b, 24),
             u64_at(b, 32),

@@ -81,9 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     match Image::open_with(&args.image, &options) {
         Ok(image) => check(&image, &args, &mut report),
-        Err(error) if error.kind() == ErrorKind::Corrupt => {
-            report.error = Some(chain_text(&error))
-        }
+        Err(error) if error.kind() == ErrorKind::Corrupt => report.error = Some(chain_text(&error)),
         Err(error) => {
             return Err(
                 anyhow::Error::from(error).context(format!("opening {}", args.image.display()))
