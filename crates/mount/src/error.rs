@@ -154,9 +154,14 @@ pub enum MountError {
         pid: u32,
     },
     /// A step failed and undoing the steps done before it failed too; both are told.
+    ///
+    /// Both errors are part of the message, each with its whole chain of causes; neither is
+    /// reported again as the source.
     #[error(
-        "{error}; undoing the steps done so far failed too: {cleanup} \
+        "{}; undoing the steps done so far failed too: {} \
          (the record {} is kept: run `mkmodule umount` on the mount point or device)",
+        mkmodule_blockdev::chain_text(error.as_ref()),
+        mkmodule_blockdev::chain_text(cleanup.as_ref()),
         record.display()
     )]
     UndoFailed {
@@ -249,5 +254,19 @@ mod tests {
         };
         assert_eq!(undo.kind(), ErrorKind::Config);
         assert!(undo.to_string().starts_with("no mount point; undoing"));
+        let undo = MountError::UndoFailed {
+            error: Box::new(MountError::io("mounting /m", io::Error::other("EIO here"))),
+            cleanup: Box::new(MountError::io(
+                "removing /r",
+                io::Error::other("EBUSY here"),
+            )),
+            record: PathBuf::from("r.json"),
+        };
+        let text = mkmodule_blockdev::chain_text(&undo);
+        assert!(
+            text.starts_with("mounting /m: EIO here; undoing the steps done so far failed too: removing /r: EBUSY here"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&undo).is_none());
     }
 }

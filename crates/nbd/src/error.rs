@@ -133,6 +133,11 @@ impl NbdErrno {
     }
 
     /// Map an I/O error from an export to the closest NBD error number.
+    ///
+    /// An operating-system error keeps its errno where NBD has one. Otherwise the I/O kind
+    /// decides, and it follows [`ErrorKind::io_kind`] of the library error behind it: out of
+    /// range and bad settings are `EINVAL`, read-only `EPERM`, unsupported `ENOTSUP`, damage
+    /// and I/O failures `EIO`.
     pub fn from_io(e: &io::Error) -> NbdErrno {
         // Linux errno values for the cases ErrorKind cannot express.
         #[cfg(target_os = "linux")]
