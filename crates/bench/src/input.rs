@@ -39,10 +39,9 @@ impl Input {
         };
         let meta = std::fs::metadata(path).map_err(io_err)?;
         if meta.is_dir() {
-            return Err(BenchError::Input(format!(
-                "the input {} is a directory: give a filesystem or disk image",
-                path.display()
-            )));
+            return Err(BenchError::InputIsDirectory {
+                path: path.to_path_buf(),
+            });
         }
         let mut file = File::open(path).map_err(io_err)?;
         let len = if meta.is_file() {

@@ -40,9 +40,10 @@ pub const DEFAULT_CODECS: &str = "zlib:6,zlib:9,zlib:12,zstd:3,zstd:19,xz:6,lz4"
 
 /// Errors of a sweep, each one sentence with the numbers involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BenchError {
     /// A file could not be read or written.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -50,11 +51,35 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
-    /// The input cannot be benchmarked.
-    #[error("{0}")]
-    Input(String),
+    /// The input is a directory.
+    #[error("the input {} is a directory: give a filesystem or disk image", path.display())]
+    InputIsDirectory {
+        /// The input path.
+        path: std::path::PathBuf,
+    },
+    /// The input holds no bytes.
+    #[error("the input {} is empty", path.display())]
+    EmptyInput {
+        /// The input path.
+        path: std::path::PathBuf,
+    },
+    /// The sweep was given no block size and codec to measure.
+    #[error("nothing to sweep: no cells")]
+    NoCells,
+    /// The image written has another length than the packer reported.
+    #[error("{cell}: the image {} holds {actual} bytes, the packer reported {reported}", image.display())]
+    ImageLength {
+        /// The combination.
+        cell: String,
+        /// The image file.
+        image: std::path::PathBuf,
+        /// Its length on disk.
+        actual: u64,
+        /// The length the packer reported.
+        reported: u64,
+    },
     /// A block size and codec that cannot make an image.
-    #[error("{cell}: {source}")]
+    #[error("{cell}")]
     Options {
         /// The combination.
         cell: String,
@@ -63,7 +88,7 @@ pub enum BenchError {
         source: OptionsError,
     },
     /// The packer failed.
-    #[error("packing {cell}: {source}")]
+    #[error("packing {cell}")]
     Pack {
         /// The combination.
         cell: String,
@@ -86,6 +111,23 @@ pub enum BenchError {
         /// The image file.
         image: String,
     },
+}
+
+impl BenchError {
+    /// What kind of failure this is: a file or the packer failing, an input or settings that
+    /// cannot be measured, or an image that reads back wrong.
+    pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
+        use mkmodule_blockdev::ErrorKind;
+        match self {
+            BenchError::Io { .. } | BenchError::Pack { .. } => ErrorKind::Io,
+            BenchError::InputIsDirectory { .. }
+            | BenchError::EmptyInput { .. }
+            | BenchError::NoCells
+            | BenchError::Options { .. } => ErrorKind::Config,
+            BenchError::ImageLength { .. } | BenchError::Mismatch { .. } => ErrorKind::Corrupt,
+            BenchError::Image(error) => error.kind(),
+        }
+    }
 }
 
 /// One combination of the sweep: a block size and a codec, in the dialect `mkmodule create

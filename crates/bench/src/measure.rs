@@ -244,11 +244,12 @@ pub fn measure_cell(
         .map_err(io(format!("cannot examine {}", image_path.display())))?
         .len();
     if image_bytes != summary.image_len {
-        return Err(BenchError::Input(format!(
-            "{label}: the image {} holds {image_bytes} bytes, the packer reported {}",
-            image_path.display(),
-            summary.image_len
-        )));
+        return Err(BenchError::ImageLength {
+            cell: label.to_string(),
+            image: image_path.to_path_buf(),
+            actual: image_bytes,
+            reported: summary.image_len,
+        });
     }
 
     // 2. Decode every block, one thread.

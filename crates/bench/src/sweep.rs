@@ -84,15 +84,14 @@ pub fn run(
     on_event: &dyn Fn(Event<'_>),
 ) -> Result<Report, BenchError> {
     if config.cells.is_empty() {
-        return Err(BenchError::Input("nothing to sweep: no cells".to_string()));
+        return Err(BenchError::NoCells);
     }
     let input = Input::open(input_path)?;
     let full_len = input.len();
     if input.is_empty() {
-        return Err(BenchError::Input(format!(
-            "the input {} is empty",
-            input_path.display()
-        )));
+        return Err(BenchError::EmptyInput {
+            path: input_path.to_path_buf(),
+        });
     }
     let block_sizes: Vec<u32> = config.cells.iter().map(|c| c.block_size).collect();
     let plan = match config.sample {

@@ -1,4 +1,20 @@
 //! The error kinds shared by every mkmodule library, and their mapping to I/O errors.
+//!
+//! # The error contract
+//!
+//! Every library error type of mkmodule follows these rules:
+//!
+//! 1. It is a `thiserror` enum marked `#[non_exhaustive]` (or a small struct) with a
+//!    `kind(&self) -> ErrorKind`, so callers decide by kind and never by matching message text
+//!    or another crate's variants.
+//! 2. A cause is given **either** in the message **or** as [`Error::source`], never both: a
+//!    variant with a `#[source]`, `#[from]` or `source` field does not print that field
+//!    (`#[error(transparent)]` is fine). [`chain_text`] then prints every cause exactly once.
+//! 3. Structured problems are typed fields, not strings built with `format!`; only text that
+//!    comes from a third-party library is kept as a string.
+//! 4. A block device that wraps a library error reports it as an [`io::Error`] of the kind's
+//!    [`ErrorKind::io_kind`] (see [`io_error`]), which the NBD server turns into the errno a
+//!    client sees.
 
 use std::error::Error;
 use std::io;

@@ -68,12 +68,12 @@ pub enum CodecError {
         level: i32,
     },
     /// A codec spec whose level part is not an integer (e.g. `zlib:x`).
-    #[error("invalid codec spec {spec:?}: {reason}")]
+    #[error("invalid codec spec {spec:?}: level {level:?} is not an integer")]
     InvalidSpec {
         /// The text as given.
         spec: String,
-        /// What is wrong with it.
-        reason: String,
+        /// The level part of it, after the colon.
+        level: String,
     },
     /// A codec name that is not one of ours.
     #[error(transparent)]

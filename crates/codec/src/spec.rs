@@ -105,7 +105,7 @@ impl FromStr for CodecSpec {
                     .parse::<i32>()
                     .map_err(|_| CodecError::InvalidSpec {
                         spec: s.to_string(),
-                        reason: format!("level {text:?} is not an integer"),
+                        level: text.to_string(),
                     })?;
                 CodecSpec::new(kind, level)
             }

@@ -115,6 +115,15 @@ impl fmt::Display for CodecKind {
 #[error("unknown codec {0:?}: expected zlib, zstd, xz, lz4, lzo or none")]
 pub struct UnknownCodec(pub String);
 
+impl UnknownCodec {
+    /// What kind of failure this is: always a bad setting ([`ErrorKind::Config`]).
+    ///
+    /// [`ErrorKind::Config`]: mkmodule_blockdev::ErrorKind::Config
+    pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
+        mkmodule_blockdev::ErrorKind::Config
+    }
+}
+
 impl FromStr for CodecKind {
     type Err = UnknownCodec;
 

@@ -334,6 +334,15 @@ impl fmt::Display for Dialect {
 #[error("unknown format {0:?}: expected one of v2, v4, v4-footer, uzip-zlib, uzip-xz, uzip-zstd (with -dedup)")]
 pub struct UnknownDialect(pub String);
 
+impl UnknownDialect {
+    /// What kind of failure this is: always a bad setting ([`ErrorKind::Config`]).
+    ///
+    /// [`ErrorKind::Config`]: mkmodule_blockdev::ErrorKind::Config
+    pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
+        mkmodule_blockdev::ErrorKind::Config
+    }
+}
+
 impl FromStr for Dialect {
     type Err = UnknownDialect;
 

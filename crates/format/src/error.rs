@@ -1,5 +1,7 @@
 //! Every way a header, index or trailer can be wrong, each with the numbers involved.
 
+use mkmodule_blockdev::ErrorKind;
+
 use crate::{CodecKind, Dialect};
 
 /// A violated rule of the cloop-family format.
@@ -7,6 +9,7 @@ use crate::{CodecKind, Dialect};
 /// Each variant names one check (docs/FORMAT.md §4, §6, §7, §12) and carries the block index,
 /// byte offset and limit it concerns, so a message can say what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// The file is shorter than the 136-byte header.
     #[error("file is {len} bytes long, shorter than the {min}-byte cloop header")]
@@ -217,4 +220,62 @@ pub enum FormatError {
         /// The layout version found.
         version: u16,
     },
+}
+
+impl FormatError {
+    /// What kind of failure this is: damaged or inconsistent data, a newer layout than this
+    /// build reads, or a writer asking for more than the format can hold.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FormatError::TrailerVersion { .. } => ErrorKind::Unsupported,
+            FormatError::IndexBufferSize { .. }
+            | FormatError::OffsetTooLarge { .. }
+            | FormatError::TooManyBlocks { .. }
+            | FormatError::EntryCountMismatch { .. } => ErrorKind::Config,
+            FormatError::TooShort { .. }
+            | FormatError::NotCloop { .. }
+            | FormatError::UnfinishedHeader
+            | FormatError::BlockSizeZero
+            | FormatError::BlockSizeNotMultiple { .. }
+            | FormatError::BlockSizeTooLarge { .. }
+            | FormatError::IndexPastEof { .. }
+            | FormatError::UnwrittenEntry { .. }
+            | FormatError::FlagBitsSet { .. }
+            | FormatError::UnknownCodecFlag { .. }
+            | FormatError::CodecNotAllowed { .. }
+            | FormatError::OffsetBeforeData { .. }
+            | FormatError::OffsetPastEnd { .. }
+            | FormatError::DecreasingOffset { .. }
+            | FormatError::BadBackReference { .. }
+            | FormatError::BlockTooLong { .. }
+            | FormatError::IndexEndPastEof { .. }
+            | FormatError::IndexEndBeforeLastBlock { .. }
+            | FormatError::TrailerCorrupt { .. } => ErrorKind::Corrupt,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_is_corrupt_and_writer_limits_are_config() {
+        assert_eq!(
+            FormatError::TooShort { len: 3, min: 136 }.kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            FormatError::UnknownCodecFlag { block: 0, flag: 7 }.kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            FormatError::TrailerVersion { version: 2 }.kind(),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            FormatError::TooManyBlocks { count: 9, max: 8 }.kind(),
+            ErrorKind::Config
+        );
+    }
 }

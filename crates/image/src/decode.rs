@@ -146,12 +146,12 @@ fn decode_bytes(
             out.fill(0);
             Ok(())
         }
-        Err(source) => Err(ImageError::Decode {
+        Err(problem) => Err(ImageError::Decode {
             block,
             offset: entry.offset,
             len: entry.len,
             codec: entry.codec,
-            source,
+            problem,
         }),
     }
 }

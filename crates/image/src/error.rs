@@ -11,11 +11,13 @@ use mkmodule_format::FormatError;
 ///
 /// Errors about one block carry its index and the file offset of its compressed bytes, so a
 /// message reads like `block 12 at offset 53248 (301 bytes, zlib): corrupt zlib block: ...`.
+/// An operating-system cause is the error's [`source`](std::error::Error::source) and is not
+/// repeated in the message, so [`mkmodule_blockdev::chain_text`] prints each part once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImageError {
     /// The image file could not be opened or its size determined.
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}", path.display())]
     Open {
         /// The path given.
         path: PathBuf,
@@ -23,7 +25,7 @@ pub enum ImageError {
         source: io::Error,
     },
     /// Reading the header, index or trailer failed.
-    #[error("reading {len} bytes at offset {offset}: {source}")]
+    #[error("reading {len} bytes at offset {offset}")]
     Io {
         /// File offset of the read.
         offset: u64,
@@ -36,7 +38,7 @@ pub enum ImageError {
     #[error(transparent)]
     Format(#[from] FormatError),
     /// A block's compressed bytes could not be read.
-    #[error("block {block} at offset {offset} ({len} bytes): read failed: {source}")]
+    #[error("block {block} at offset {offset} ({len} bytes): read failed")]
     BlockIo {
         /// Block index.
         block: u32,
@@ -64,7 +66,10 @@ pub enum ImageError {
         file_len: u64,
     },
     /// The codec rejected a block: corrupt data, failed checksum, or too much output.
-    #[error("block {block} at offset {offset} ({len} bytes, {codec}): {source}")]
+    ///
+    /// The codec's complaint is part of this message (it describes the damage, it is not a
+    /// further cause), so it is not reported again as [`source`](std::error::Error::source).
+    #[error("block {block} at offset {offset} ({len} bytes, {codec}): {problem}")]
     Decode {
         /// Block index.
         block: u32,
@@ -75,7 +80,7 @@ pub enum ImageError {
         /// The codec it was decoded with.
         codec: CodecKind,
         /// What the codec objected to.
-        source: CodecError,
+        problem: CodecError,
     },
     /// A block other than the last decoded to fewer bytes than the block size.
     #[error(
@@ -165,7 +170,7 @@ impl ImageError {
                 ErrorKind::Io
             }
             ImageError::NoSuchBlock { .. } => ErrorKind::OutOfRange,
-            ImageError::Decode { source, .. } if source.kind() == ErrorKind::Unsupported => {
+            ImageError::Decode { problem, .. } if problem.kind() == ErrorKind::Unsupported => {
                 ErrorKind::Unsupported
             }
             ImageError::Format(_)
@@ -198,5 +203,49 @@ impl From<ImageError> for io::Error {
             _ => error.kind().io_kind(),
         };
         io::Error::new(kind, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operating_system_cause_is_the_source_and_printed_once() {
+        let error = ImageError::BlockIo {
+            block: 7,
+            offset: 4096,
+            len: 300,
+            source: io::Error::other("Input/output error"),
+        };
+        assert_eq!(
+            mkmodule_blockdev::chain_text(&error),
+            "block 7 at offset 4096 (300 bytes): read failed: Input/output error"
+        );
+        assert_eq!(error.kind(), ErrorKind::Io);
+        let io = io::Error::from(error);
+        assert_eq!(
+            mkmodule_blockdev::chain_text(&io),
+            "block 7 at offset 4096 (300 bytes): read failed: Input/output error"
+        );
+    }
+
+    #[test]
+    fn a_codec_complaint_is_part_of_the_message_not_a_source() {
+        let error = ImageError::Decode {
+            block: 1,
+            offset: 200,
+            len: 10,
+            codec: CodecKind::Zlib,
+            problem: CodecError::Empty {
+                codec: CodecKind::Zlib,
+            },
+        };
+        assert!(std::error::Error::source(&error).is_none());
+        assert_eq!(
+            mkmodule_blockdev::chain_text(&error),
+            "block 1 at offset 200 (10 bytes, zlib): empty zlib block (0 bytes)"
+        );
+        assert_eq!(error.kind(), ErrorKind::Corrupt);
     }
 }

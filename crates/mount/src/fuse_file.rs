@@ -291,8 +291,9 @@ impl Filesystem for ExportFs {
             Ok(()) => reply.data(&buf),
             Err(error) => {
                 eprintln!(
-                    "mkmodule: {}: read of {len} bytes at offset {offset} failed: {error}",
-                    file.name
+                    "mkmodule: {}: read of {len} bytes at offset {offset} failed: {}",
+                    file.name,
+                    mkmodule_blockdev::chain_text(&error)
                 );
                 reply.error(errno_of(&error));
             }
@@ -325,8 +326,9 @@ impl Filesystem for ExportFs {
             Ok(()) => reply.written(len as u32),
             Err(error) => {
                 eprintln!(
-                    "mkmodule: {}: write of {len} bytes at offset {offset} failed: {error}",
-                    file.name
+                    "mkmodule: {}: write of {len} bytes at offset {offset} failed: {}",
+                    file.name,
+                    mkmodule_blockdev::chain_text(&error)
                 );
                 reply.error(errno_of(&error));
             }
@@ -356,7 +358,11 @@ impl Filesystem for ExportFs {
             Some(file) if !file.export.is_read_only() => match file.export.flush() {
                 Ok(()) => reply.ok(),
                 Err(error) => {
-                    eprintln!("mkmodule: {}: flush failed: {error}", file.name);
+                    eprintln!(
+                        "mkmodule: {}: flush failed: {}",
+                        file.name,
+                        mkmodule_blockdev::chain_text(&error)
+                    );
                     reply.error(errno_of(&error));
                 }
             },

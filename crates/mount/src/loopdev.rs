@@ -50,9 +50,7 @@ fn losetup(
     }
     let device = cmd.arg(file).run()?;
     if !device.starts_with("/dev/") || device.contains('\n') {
-        return Err(MountError::Invalid(format!(
-            "losetup printed {device:?} where a device name was expected"
-        )));
+        return Err(MountError::LosetupOutput { output: device });
     }
     Ok(PathBuf::from(device))
 }

@@ -208,10 +208,7 @@ impl InProcess {
 
 impl Launcher for InProcess {
     fn launch(&mut self, mountpoint: &Path, _log: &Path) -> Result<u32, MountError> {
-        let files = self
-            .files
-            .take()
-            .ok_or_else(|| MountError::Invalid("the FUSE server was started already".into()))?;
+        let files = self.files.take().ok_or(MountError::AlreadyStarted)?;
         let session = fuse_file::mount(mountpoint, files, &self.options)
             .and_then(fuser::Session::spawn)
             .context_with(|| format!("mounting FUSE on {}", mountpoint.display()))?;
@@ -224,5 +221,5 @@ impl Launcher for InProcess {
 pub(crate) fn start_time_of(pid: u32) -> Result<u64, MountError> {
     process_info(pid)
         .map(|info| info.start_time)
-        .ok_or_else(|| MountError::Server(format!("process {pid} vanished right after starting")))
+        .ok_or(MountError::Vanished { pid })
 }

@@ -89,13 +89,13 @@ pub fn file_names(images: &[PathBuf]) -> Vec<String> {
 /// Characters overlayfs' option syntax reserves, refused in paths it is given.
 const OVERLAY_RESERVED: [char; 3] = [',', ':', '\\'];
 
-fn check_overlay_path(path: &Path, what: &str) -> Result<(), MountError> {
+fn check_overlay_path(path: &Path, what: &'static str) -> Result<(), MountError> {
     let text = path.to_string_lossy();
     if text.contains(OVERLAY_RESERVED) || text.contains(char::is_whitespace) {
-        return Err(MountError::Invalid(format!(
-            "{what} {} cannot be given to overlayfs: its path holds ',', ':', '\\' or a space",
-            path.display()
-        )));
+        return Err(MountError::OverlayPath {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -209,11 +209,11 @@ pub fn mount(
             let mut record = builder.record;
             match undo(run, &mut record) {
                 Ok(()) => Err(error),
-                Err(cleanup) => Err(MountError::Invalid(format!(
-                    "{error}; undoing the steps done so far failed too: {cleanup} \
-                     (the record {} is kept: run `mkmodule umount` on the mount point or device)",
-                    run.record_path(&record.id).display()
-                ))),
+                Err(cleanup) => Err(MountError::UndoFailed {
+                    error: Box::new(error),
+                    cleanup: Box::new(cleanup),
+                    record: run.record_path(&record.id),
+                }),
             }
         }
     }
@@ -221,33 +221,25 @@ pub fn mount(
 
 fn validate(plan: &Plan) -> Result<(), MountError> {
     if plan.images.is_empty() || plan.images.len() != plan.file_names.len() {
-        return Err(MountError::Invalid("no image to mount".into()));
+        return Err(MountError::NoImage);
     }
     match plan.kind {
         Kind::Attach => {}
         Kind::Mount | Kind::Union => {
-            let target = plan
-                .target
-                .as_deref()
-                .ok_or_else(|| MountError::Invalid("no mount point".into()))?;
+            let target = plan.target.as_deref().ok_or(MountError::NoMountPoint)?;
             if !target.is_dir() {
-                return Err(MountError::Invalid(format!(
-                    "mount point {} is not a directory",
-                    target.display()
-                )));
+                return Err(MountError::NotADirectory {
+                    path: target.to_path_buf(),
+                });
             }
         }
     }
     if plan.kind == Kind::Mount && plan.images.len() != 1 {
-        return Err(MountError::Invalid(
-            "a plain mount takes one image; stack several with --union".into(),
-        ));
+        return Err(MountError::SeveralImages);
     }
     if plan.kind == Kind::Union {
         if !plan.read_only {
-            return Err(MountError::Invalid(
-                "union layers are read-only: changes go to the changes layer".into(),
-            ));
+            return Err(MountError::WritableUnion);
         }
         if let Some(changes) = &plan.changes {
             check_overlay_path(changes, "the changes directory")?;
@@ -255,9 +247,9 @@ fn validate(plan: &Plan) -> Result<(), MountError> {
     }
     if let Some(fstype) = &plan.fstype {
         if fstype.is_empty() || fstype.contains([',', ' ', '/']) {
-            return Err(MountError::Invalid(format!(
-                "bad filesystem type {fstype:?}"
-            )));
+            return Err(MountError::BadFsType {
+                fstype: fstype.clone(),
+            });
         }
     }
     Ok(())

@@ -265,10 +265,7 @@ impl RunDir {
                         path: target.to_path_buf(),
                         record: path,
                     },
-                    None => MountError::State {
-                        path,
-                        message: "exists already".to_string(),
-                    },
+                    None => MountError::RecordExists { path },
                 });
             }
             Err(error) => {
@@ -394,12 +391,10 @@ fn read_record(path: &Path) -> Result<Record, MountError> {
         message: e.to_string(),
     })?;
     if record.version != RECORD_VERSION {
-        return Err(MountError::State {
+        return Err(MountError::RecordVersion {
             path: path.to_path_buf(),
-            message: format!(
-                "format version {} (this mkmodule reads {RECORD_VERSION})",
-                record.version
-            ),
+            found: record.version,
+            supported: RECORD_VERSION,
         });
     }
     Ok(record)

@@ -187,7 +187,7 @@ pub(crate) fn terminate(pid: u32) -> Result<(), MountError> {
     let raw = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| MountError::Invalid(format!("bad process id {pid}")))?;
+        .ok_or(MountError::BadPid { pid })?;
     rustix::process::kill_process(raw, rustix::process::Signal::TERM)
         .map_err(|e| MountError::io(format!("signalling process {pid}"), e.into()))
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 use crate::proto::MAX_STRING;
 use crate::tls::{TlsCredentials, TlsMode};
 use mkmodule_blockdev::BlockDevice;
@@ -281,33 +281,33 @@ impl ServerConfig {
     /// Check names, descriptions and limits; called by the server before it starts.
     pub fn validate(&self) -> Result<()> {
         if self.exports.is_empty() {
-            return Err(Error::Config("no exports configured".into()));
+            return Err(ConfigError::NoExports.into());
         }
         for (i, e) in self.exports.iter().enumerate() {
             if e.name.len() > MAX_STRING || e.name.contains('\0') {
-                return Err(Error::Config(format!(
-                    "export name {:?} is longer than 4096 bytes or contains NUL",
-                    e.name
-                )));
+                return Err(ConfigError::ExportName {
+                    name: e.name.clone(),
+                    max: MAX_STRING,
+                }
+                .into());
             }
             if e.description.len() > MAX_STRING || e.description.contains('\0') {
-                return Err(Error::Config(format!(
-                    "description of export {:?} is longer than 4096 bytes or contains NUL",
-                    e.name
-                )));
+                return Err(ConfigError::ExportDescription {
+                    name: e.name.clone(),
+                    max: MAX_STRING,
+                }
+                .into());
             }
             if self.exports[..i].iter().any(|o| o.name == e.name) {
-                return Err(Error::Config(format!(
-                    "export name {:?} is used twice",
-                    e.name
-                )));
+                return Err(ConfigError::DuplicateExport {
+                    name: e.name.clone(),
+                }
+                .into());
             }
         }
         if let DefaultExport::Named(n) = &self.default_export {
             if !self.exports.iter().any(|e| &e.name == n) {
-                return Err(Error::Config(format!(
-                    "default export {n:?} is not among the exports"
-                )));
+                return Err(ConfigError::UnknownDefaultExport { name: n.clone() }.into());
             }
         }
         for (what, v) in [
@@ -321,16 +321,14 @@ impl ServerConfig {
             ),
         ] {
             if v == 0 {
-                return Err(Error::Config(format!("{what} must be at least 1")));
+                return Err(ConfigError::ZeroLimit { setting: what }.into());
             }
         }
         if self.handshake_timeout.is_zero() {
-            return Err(Error::Config("handshake_timeout must not be zero".into()));
+            return Err(ConfigError::ZeroHandshakeTimeout.into());
         }
         if self.tls_mode != TlsMode::Off && self.tls.is_none() {
-            return Err(Error::Config(
-                "TLS is on or required but no certificates are configured".into(),
-            ));
+            return Err(ConfigError::TlsWithoutCertificates.into());
         }
         Ok(())
     }
@@ -366,6 +364,13 @@ pub struct IpNet {
 pub struct IpNetError {
     text: String,
     reason: &'static str,
+}
+
+impl IpNetError {
+    /// What kind of failure this is: always a bad setting.
+    pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
+        mkmodule_blockdev::ErrorKind::Config
+    }
 }
 
 impl IpNet {

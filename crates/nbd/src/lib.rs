@@ -42,7 +42,7 @@ pub use config::{
     null_logger, stderr_logger, DefaultExport, ExportEntry, IpNet, IpNetError, Level, Logger,
     ServerConfig, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 };
-pub use error::{Error, NbdErrno, Result};
+pub use error::{ConfigError, Error, NbdErrno, Result};
 
 pub use listener::Listener;
 pub use server::{ReloadHandle, Server, ServerHandle, StopHandle};

@@ -199,7 +199,7 @@ impl Server {
         config.validate()?;
         let listeners: Vec<Listener> = listeners.into_iter().collect();
         if listeners.is_empty() {
-            return Err(Error::Config("no listeners given".into()));
+            return Err(crate::error::ConfigError::NoListeners.into());
         }
         let mut local_addrs = Vec::new();
         for l in &listeners {
@@ -738,6 +738,88 @@ mod tests {
         let data = take(s, 512);
         assert!(data.iter().all(|&b| b == data[0]));
         data[0]
+    }
+
+    /// A 4096-byte device whose reads fail with an error of `kind`, as a library error of that
+    /// kind reaches a block device's caller.
+    struct FailingDevice(mkmodule_blockdev::ErrorKind);
+
+    impl BlockDevice for FailingDevice {
+        fn size(&self) -> u64 {
+            4096
+        }
+
+        fn read_at(&self, _buf: &mut [u8], _offset: u64) -> io::Result<()> {
+            let cause = io::Error::other("simulated media error");
+            Err(mkmodule_blockdev::io_error(self.0, &cause))
+        }
+    }
+
+    /// Sends one request on a stream in transmission; returns the simple reply's error number.
+    fn request_errno(s: &mut TcpStream, cmd: u16, offset: u64, len: u32) -> u32 {
+        let r = Request {
+            magic: REQUEST_MAGIC,
+            flags: 0,
+            cmd,
+            cookie: 7,
+            offset,
+            len,
+        };
+        s.write_all(&r.encode()).unwrap();
+        if cmd == CMD_WRITE {
+            s.write_all(&vec![0; len as usize]).unwrap();
+        }
+        let h = take(s, 16);
+        assert_eq!(be_u32(&h[0..4]), SIMPLE_REPLY_MAGIC);
+        let errno = be_u32(&h[4..8]);
+        if errno == 0 && cmd == CMD_READ {
+            take(s, len as usize);
+        }
+        errno
+    }
+
+    #[test]
+    fn the_errno_a_client_sees_follows_the_error_kind() {
+        use crate::error::NbdErrno;
+        use mkmodule_blockdev::ErrorKind;
+        let failing = |name: &str, kind| ExportEntry {
+            name: name.into(),
+            description: String::new(),
+            export: Arc::new(FailingDevice(kind)) as Arc<dyn BlockDevice>,
+        };
+        let (server, addr) = start(vec![
+            failing("corrupt", ErrorKind::Corrupt),
+            failing("io", ErrorKind::Io),
+            failing("range", ErrorKind::OutOfRange),
+            entry("plain", 3),
+        ]);
+        for (name, expected) in [
+            ("corrupt", NbdErrno::Io),
+            ("io", NbdErrno::Io),
+            ("range", NbdErrno::Inval),
+        ] {
+            let mut s = greeted(addr);
+            go(&mut s, name).unwrap();
+            assert_eq!(
+                request_errno(&mut s, CMD_READ, 0, 512),
+                expected.code(),
+                "{name}"
+            );
+        }
+        let mut s = greeted(addr);
+        go(&mut s, "plain").unwrap();
+        assert_eq!(request_errno(&mut s, CMD_READ, 0, 512), 0);
+        assert_eq!(
+            request_errno(&mut s, CMD_READ, 4096, 512),
+            NbdErrno::Inval.code(),
+            "a read past the end"
+        );
+        assert_eq!(
+            request_errno(&mut s, CMD_WRITE, 0, 512),
+            NbdErrno::Perm.code(),
+            "a write to a read-only export"
+        );
+        server.shutdown();
     }
 
     fn list(addr: SocketAddr) -> Vec<String> {

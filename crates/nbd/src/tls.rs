@@ -54,9 +54,10 @@ pub enum TlsMode {
 
 /// Why TLS credentials could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -73,7 +74,7 @@ pub enum TlsError {
         reason: String,
     },
     /// The certificate and key do not make a usable server identity (e.g. they do not match).
-    #[error("the certificate {} and key {} cannot be used together: {source}", cert.display(), key.display())]
+    #[error("the certificate {} and key {} cannot be used together", cert.display(), key.display())]
     Identity {
         /// The certificate file.
         cert: PathBuf,
@@ -91,6 +92,19 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl TlsError {
+    /// What kind of failure this is: a file that cannot be read, or credentials that are
+    /// unusable as given.
+    pub fn kind(&self) -> mkmodule_blockdev::ErrorKind {
+        match self {
+            TlsError::Read { .. } => mkmodule_blockdev::ErrorKind::Io,
+            TlsError::Unparsable { .. } | TlsError::Identity { .. } | TlsError::Verifier { .. } => {
+                mkmodule_blockdev::ErrorKind::Config
+            }
+        }
+    }
 }
 
 /// Loaded TLS credentials: the server certificate and key, and (with peer verification) the CA

@@ -124,10 +124,11 @@ impl Conn {
 
     fn io_error_reply(&self, cookie: u64, what: &str, e: &io::Error) -> Vec<u8> {
         let err = NbdErrno::from_io(e);
+        let message = format!("{what}: {}", mkmodule_blockdev::chain_text(e));
         if err != NbdErrno::Perm && err != NbdErrno::Inval {
-            self.log.warn(&format!("{what}: {e}"));
+            self.log.warn(&message);
         }
-        self.error_reply(cookie, err, &format!("{what}: {e}"))
+        self.error_reply(cookie, err, &message)
     }
 
     fn ok_reply(cookie: u64) -> Vec<u8> {

@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::fs::{FallocateFlags, FlockOperation};
 
 use crate::chunk_map::{ChunkMap, ChunkState};
+use crate::error::Damage;
 use crate::identity::hex;
 use crate::journal::{
     decode_checkpoint, decode_record, encode_checkpoint, encode_record, to_runs, Header,
@@ -90,13 +91,11 @@ impl FileStore {
 
     fn write_new(tmp: &Path, header: &Header) -> Result<(), OverlayError> {
         let io = |e| OverlayError::io("writing", tmp, e);
-        let layout =
-            Layout::new(u64::from(header.chunk_size), header.base_size).ok_or_else(|| {
-                io(io::Error::other(format!(
-                    "a base of {} bytes is too large for an overlay file",
-                    header.base_size
-                )))
-            })?;
+        let layout = Layout::new(u64::from(header.chunk_size), header.base_size).ok_or(
+            OverlayError::BaseTooLarge {
+                base_size: header.base_size,
+            },
+        )?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -168,11 +167,10 @@ impl FileStore {
         if file_len < layout.file_len() {
             return Err(OverlayError::corrupt(
                 path,
-                format!(
-                    "the file is {file_len} bytes, shorter than the {} its layout needs \
-                     (truncated?)",
-                    layout.file_len()
-                ),
+                Damage::Truncated {
+                    file_len,
+                    needed: layout.file_len(),
+                },
             ));
         }
         let meta = Self::replay(&file, path, &layout)?;
@@ -209,10 +207,10 @@ impl FileStore {
         let Some((generation, mut durable, active)) = best else {
             return Err(OverlayError::corrupt(
                 path,
-                format!(
-                    "both metadata checkpoints (at offsets {} and {}) are damaged",
-                    layout.regions[0], layout.regions[1]
-                ),
+                Damage::Checkpoints {
+                    first: layout.regions[0],
+                    second: layout.regions[1],
+                },
             ));
         };
         let mut log = vec![0u8; layout.log_capacity as usize];

@@ -13,6 +13,7 @@
 //! sequence numbers and a good CRC32 are replayed after it: a torn or stale record ends the log.
 
 use crate::chunk_map::ChunkState;
+use crate::error::Damage;
 
 /// Signature at offset 0.
 pub const MAGIC: [u8; 8] = *b"MKMODCOW";
@@ -128,8 +129,8 @@ pub enum HeaderProblem {
     NotOverlay,
     /// Another format version.
     Version(u32),
-    /// Anything else, in words.
-    Damaged(String),
+    /// Anything else.
+    Damaged(Damage),
 }
 
 impl Header {
@@ -169,34 +170,39 @@ impl Header {
         let crc = u32_at(b, n - 4);
         let actual = crc32fast::hash(&b[..n - 4]);
         if crc != actual {
-            return Err(HeaderProblem::Damaged(format!(
-                "header checksum {crc:#010x} does not match its content ({actual:#010x})"
-            )));
+            return Err(HeaderProblem::Damaged(Damage::HeaderChecksum {
+                stored: crc,
+                computed: actual,
+            }));
         }
         let chunk_size = u32_at(b, 12);
         if !crate::chunk_size_ok(u64::from(chunk_size)) {
-            return Err(HeaderProblem::Damaged(format!(
-                "chunk size {chunk_size} in the header is not possible"
-            )));
+            return Err(HeaderProblem::Damaged(Damage::ChunkSize { chunk_size }));
         }
         let base_size = u64_at(b, 16);
-        let layout = Layout::new(u64::from(chunk_size), base_size).ok_or_else(|| {
-            HeaderProblem::Damaged(format!(
-                "base size {base_size} in the header is too large for an overlay file"
-            ))
-        })?;
-        let recorded = (u64_at(b, 24), u64_at(b, 32), u64_at(b, 40), u64_at(b, 48));
-        let expected = (
+        let layout = Layout::new(u64::from(chunk_size), base_size)
+            .ok_or(HeaderProblem::Damaged(Damage::BaseSize { base_size }))?;
+        let recorded = [
+            u64_at(b, 24),
+            u64_at(b, 32),
+            u64_at(b, 40),
+            u64_at(b, 48),
+            u64_at(b, 56),
+        ];
+        let expected = [
             layout.n_chunks,
             layout.data_offset,
             layout.regions[0],
             layout.regions[1],
-        );
-        if recorded != expected || u64_at(b, 56) != layout.log_capacity {
-            return Err(HeaderProblem::Damaged(format!(
-                "header layout {recorded:?} differs from the one chunk size {chunk_size} and \
-                 base size {base_size} give ({expected:?})"
-            )));
+            layout.log_capacity,
+        ];
+        if recorded != expected {
+            return Err(HeaderProblem::Damaged(Damage::Layout {
+                chunk_size,
+                base_size,
+                recorded,
+                expected,
+            }));
         }
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(&b[64..96]);

@@ -56,7 +56,7 @@ mod overlay;
 mod tests;
 
 pub use chunk_map::ChunkState;
-pub use error::OverlayError;
+pub use error::{Damage, OverlayError};
 pub use identity::fingerprint;
 pub use overlay::{Overlay, OverlayStats};
 

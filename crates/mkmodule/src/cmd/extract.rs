@@ -63,8 +63,9 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("opening {}", args.image.display()))?;
     if let (false, Some(problem)) = (args.padded, image.trailer_problem()) {
         eprintln!(
-            "mkmodule: warning: {}: {problem}; writing the padded size",
-            args.image.display()
+            "mkmodule: warning: {}: {}; writing the padded size",
+            args.image.display(),
+            mkmodule_blockdev::chain_text(problem)
         );
     }
     let pass = ParallelOptions {

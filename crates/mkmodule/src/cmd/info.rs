@@ -177,7 +177,9 @@ fn collect(image: &Image, with_blocks: bool) -> Info {
             data_end: t.data_end,
             tool: t.tool.clone(),
         }),
-        trailer_problem: image.trailer_problem().map(|p| p.to_string()),
+        trailer_problem: image
+            .trailer_problem()
+            .map(|p| mkmodule_blockdev::chain_text(p)),
         block_table,
     }
 }

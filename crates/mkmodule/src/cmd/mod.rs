@@ -35,28 +35,22 @@ impl std::error::Error for ExitStatus {}
 pub const EXIT_DAMAGED: u8 = 3;
 
 /// The exit status for an error: its own when it carries one, else 1.
+///
+/// Only [`ExitStatus`] asks for another status (3 from `verify`, which decides by
+/// [`mkmodule_blockdev::ErrorKind::Corrupt`]); a library error's kind does not change it.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     error
         .downcast_ref::<ExitStatus>()
         .map_or(1, |status| status.code)
 }
 
-/// The error and its causes on one line (joined with `": "`), each cause once: the libraries'
-/// errors print their I/O or codec cause in their own message *and* report it as their source,
-/// which `{:#}` would print twice. `main` prints every command's error through it.
+/// The error and its causes on one line, joined with `": "`.
+///
+/// The libraries give each cause either in their message or as `source()`, never both
+/// (the error contract in `mkmodule_blockdev`), so a plain join prints every cause once. `main`
+/// prints every command's error through it.
 pub fn describe(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    message
+    mkmodule_blockdev::chain_text(error.as_ref())
 }
 
 #[cfg(test)]
@@ -65,29 +59,33 @@ mod tests {
 
     #[test]
     fn describe_prints_each_cause_once() {
-        /// Prints its cause in its own message and also reports it as its source, as the
-        /// libraries' errors do.
-        #[derive(Debug)]
-        struct Wrapped(std::io::Error);
-        impl std::fmt::Display for Wrapped {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "reading block 3: {}", self.0)
-            }
-        }
-        impl std::error::Error for Wrapped {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
+        // A library error whose operating-system cause is its source, not part of its message.
         let io = std::io::Error::other("Input/output error");
-        let error = anyhow::Error::new(Wrapped(io)).context("extracting img");
+        let read = mkmodule_image::ImageError::BlockIo {
+            block: 3,
+            offset: 4096,
+            len: 512,
+            source: io,
+        };
+        let error = anyhow::Error::new(read).context("extracting img");
+        let text = describe(&error);
         assert_eq!(
-            format!("{error:#}"),
-            "extracting img: reading block 3: Input/output error: Input/output error"
+            text,
+            "extracting img: block 3 at offset 4096 (512 bytes): read failed: Input/output error"
         );
+        assert_eq!(text.matches("Input/output error").count(), 1, "{text}");
+        assert_eq!(format!("{error:#}"), text);
+        // The same through an I/O error, as a block device returns it.
+        let read = mkmodule_image::ImageError::BlockIo {
+            block: 3,
+            offset: 4096,
+            len: 512,
+            source: std::io::Error::other("Input/output error"),
+        };
+        let error = anyhow::Error::new(std::io::Error::from(read)).context("serving img");
         assert_eq!(
             describe(&error),
-            "extracting img: reading block 3: Input/output error"
+            "serving img: block 3 at offset 4096 (512 bytes): read failed: Input/output error"
         );
         let status = anyhow::Error::new(ExitStatus {
             code: 3,

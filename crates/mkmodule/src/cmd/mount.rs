@@ -160,7 +160,10 @@ impl Server {
                 .find_id(&record.id)
                 .and_then(|mut record| mkmodule_mount::undo(run, &mut record));
             if let Err(error) = taken_down {
-                eprintln!("mkmodule: {error}; still serving, signal again to retry");
+                eprintln!(
+                    "mkmodule: {}; still serving, signal again to retry",
+                    mkmodule_blockdev::chain_text(&error)
+                );
             }
         }
         handle.close();

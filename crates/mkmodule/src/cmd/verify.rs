@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::Result;
+use mkmodule_blockdev::{chain_text, ErrorKind};
 use mkmodule_format::DigestAlgorithm;
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
@@ -80,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     match Image::open_with(&args.image, &options) {
         Ok(image) => check(&image, &args, &mut report),
-        Err(error) if error.is_damage() => report.error = Some(error.to_string()),
+        Err(error) if error.kind() == ErrorKind::Corrupt => report.error = Some(chain_text(&error)),
         Err(error) => {
             return Err(
                 anyhow::Error::from(error).context(format!("opening {}", args.image.display()))
@@ -145,7 +146,7 @@ fn bad_block_text(bad: &BadBlock) -> String {
 fn check(image: &Image, args: &Args, report: &mut Report) {
     report.dialect = Some(image.dialect().name());
     report.blocks = image.num_blocks();
-    report.trailer_problem = image.trailer_problem().map(|p| p.to_string());
+    report.trailer_problem = image.trailer_problem().map(|p| chain_text(p));
     let pass = ParallelOptions {
         threads: args.threads.unwrap_or(0),
         skip_zero: false,
@@ -155,7 +156,7 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
     let bad = |error: ImageError, block: u32| BadBlock {
         index: error.block().unwrap_or(block),
         offset: error.offset(),
-        reason: error.to_string(),
+        reason: chain_text(&error),
     };
     let digest = image.trailer().filter(|t| {
         t.digest_algorithm == DigestAlgorithm::Sha256 && image.original_size().is_some()

@@ -178,3 +178,15 @@ fn writes_outside_the_export_are_refused_and_read_only_refuses_writes() {
     assert!(crate::check_chunk_size(3000).is_err());
     assert!(Overlay::in_memory(super::base(100, 0), &options().with_chunk_size(1 << 21)).is_err());
 }
+
+#[test]
+fn a_range_past_the_end_is_invalid_input_and_the_base_keeps_its_error_kinds() {
+    // A served overlay's errors reach NBD clients by I/O kind: InvalidInput is EINVAL.
+    let base = super::base(10_000, 1);
+    let o = Overlay::in_memory(base, &options()).unwrap();
+    let mut buf = [0u8; 16];
+    let past = o.read_at(&mut buf, 9_990).unwrap_err();
+    assert_eq!(past.kind(), std::io::ErrorKind::InvalidInput, "{past}");
+    let past = o.write_at(&buf, 10_000).unwrap_err();
+    assert_eq!(past.kind(), std::io::ErrorKind::InvalidInput, "{past}");
+}
