@@ -15,11 +15,12 @@ mod index;
 mod layout;
 mod profile;
 mod trailer;
+mod writing;
 
 pub use codec_kind::{CodecKind, UnknownCodec};
 pub use dialect::{
-    Dialect, DialectSpec, HeaderPosition, Reader, UnknownDialect, DEBIAN_PREAMBLE, PREAMBLE_LEN,
-    SIGNATURE_OFFSET,
+    Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, DEBIAN_PREAMBLE,
+    PREAMBLE_LEN, SIGNATURE_OFFSET,
 };
 pub use error::FormatError;
 pub use index::{
@@ -32,6 +33,7 @@ pub use layout::{
 };
 pub use profile::{Profile, PORTABLE};
 pub use trailer::{DigestAlgorithm, Trailer, TRAILER_LEN, TRAILER_MAGIC};
+pub use writing::{WriteRules, Writing};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]
