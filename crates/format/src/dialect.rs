@@ -5,7 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::writing::{WriteRules, Writing};
 use crate::CodecKind;
 
 /// Size of the preamble (shell script text, NUL padded).
@@ -112,6 +111,29 @@ pub enum Dialect {
     UzipZstd,
     /// FreeBSD uzip, zstd with dedup (`z4.0`).
     UzipZstdDedup,
+}
+
+/// Whether mkmodule writes a dialect, and with which rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writing {
+    /// mkmodule writes it.
+    Written(WriteRules),
+    /// mkmodule only reads it; asked to write it, it names `instead`.
+    ReadOnly {
+        /// The written dialect closest to it.
+        instead: Dialect,
+    },
+}
+
+/// The rules mkmodule follows when writing one dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRules {
+    /// Codecs mkmodule writes in its blocks, the default first. A subset of the dialect's codecs:
+    /// never V4's flag 1 (`none`, which cloop.ko cannot read) nor lzo (mkmodule only reads it).
+    pub codecs: &'static [CodecKind],
+    /// `--format auto` may pick it. Footer dialects are written only when named, and dedup
+    /// variants are reached from their base dialect through [`Dialect::with_dedup`].
+    pub auto: bool,
 }
 
 /// Everything a dialect fixes, as one table row.

@@ -19,8 +19,8 @@ mod writing;
 
 pub use codec_kind::{CodecKind, UnknownCodec};
 pub use dialect::{
-    Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, DEBIAN_PREAMBLE,
-    PREAMBLE_LEN, SIGNATURE_OFFSET,
+    Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, WriteRules, Writing,
+    DEBIAN_PREAMBLE, PREAMBLE_LEN, SIGNATURE_OFFSET,
 };
 pub use error::FormatError;
 pub use index::{
@@ -33,7 +33,6 @@ pub use layout::{
 };
 pub use profile::{Profile, PORTABLE};
 pub use trailer::{DigestAlgorithm, Trailer, TRAILER_LEN, TRAILER_MAGIC};
-pub use writing::{WriteRules, Writing};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]

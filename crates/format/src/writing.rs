@@ -1,31 +1,10 @@
-//! How mkmodule writes each dialect: the write columns of the dialect table (which dialects are
-//! written, with which codecs, and which ones `--format auto` and `--format uzip` may pick), and
-//! the choices derived from them. The rows themselves are in the table in `dialect.rs`.
+//! Which dialect mkmodule writes for a request, derived from the write columns of the dialect
+//! table (`writing` and `family` in `dialect.rs`): the written dialects in order of
+//! compatibility, the codecs each one takes, and the picks of `--format auto` and
+//! `--format uzip`.
 
+use crate::dialect::{WriteRules, Writing};
 use crate::{CodecKind, Dialect, Family};
-
-/// Whether mkmodule writes a dialect, and with which rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Writing {
-    /// mkmodule writes it.
-    Written(WriteRules),
-    /// mkmodule only reads it; asked to write it, it names `instead`.
-    ReadOnly {
-        /// The written dialect closest to it.
-        instead: Dialect,
-    },
-}
-
-/// The rules mkmodule follows when writing one dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteRules {
-    /// Codecs mkmodule writes in its blocks, the default first. A subset of the dialect's codecs:
-    /// never V4's flag 1 (`none`, which cloop.ko cannot read) nor lzo (mkmodule only reads it).
-    pub codecs: &'static [CodecKind],
-    /// `--format auto` may pick it. Footer dialects are written only when named, and dedup
-    /// variants are reached from their base dialect through [`Dialect::with_dedup`].
-    pub auto: bool,
-}
 
 impl Dialect {
     /// The dialects mkmodule writes, most compatible first (dedup variants come from
