@@ -162,10 +162,7 @@ impl Cell {
     /// A file name for its image: `zstd19-256K.uzip`.
     pub fn file_name(&self) -> String {
         let codec = self.codec.to_string().replace(':', "");
-        let ext = match self.dialect {
-            Dialect::LinuxV2 | Dialect::LinuxV4 | Dialect::LinuxV4Footer => "cloop",
-            _ => "uzip",
-        };
+        let ext = self.dialect.extension();
         format!("{codec}-{}.{ext}", size_label(self.block_size))
     }
 }
@@ -199,6 +196,8 @@ mod tests {
         assert_eq!(cell("xz:6").dialect, Dialect::LinuxV4);
         assert_eq!(cell("lz4").dialect, Dialect::LinuxV4);
         assert_eq!(cell("zstd:19").file_name(), "zstd19-64K.uzip");
+        assert_eq!(cell("zlib:9").file_name(), "zlib9-64K.cloop");
+        assert_eq!(cell("xz:6").file_name(), "xz6-64K.cloop");
         assert_eq!(cell("lz4").to_string(), "lz4 64K");
         assert!(Cell::new(65536, "lzo".parse().unwrap()).is_err());
     }

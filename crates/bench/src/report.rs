@@ -91,15 +91,7 @@ impl ReaderNeed {
     pub fn satisfied_by(self, readers: &[Reader]) -> bool {
         match self {
             ReaderNeed::Any => true,
-            ReaderNeed::All => [
-                Reader::LinuxCloop,
-                Reader::ExtractCompressedFs,
-                Reader::Qemu,
-                Reader::FreeBsdGeomUzip,
-                Reader::NetBsdVnd,
-            ]
-            .iter()
-            .all(|r| readers.contains(r)),
+            ReaderNeed::All => Reader::ALL.iter().all(|r| readers.contains(r)),
             ReaderNeed::Linux => readers.contains(&Reader::LinuxCloop),
             ReaderNeed::FreeBsd => readers.contains(&Reader::FreeBsdGeomUzip),
             ReaderNeed::NetBsd => readers.contains(&Reader::NetBsdVnd),

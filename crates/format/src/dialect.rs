@@ -1,5 +1,6 @@
-//! The dialects of the cloop family, as data: signature, preamble, header position, codecs and
-//! quirks. Adding a dialect means adding a row here.
+//! The dialects of the cloop family, as data: signature, preamble, header position, codecs,
+//! quirks, readers, file name extension and how mkmodule writes it. Adding a dialect means adding
+//! a row here (and listing it in [`Dialect::ALL`], and in [`Dialect::WRITTEN`] when written).
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,6 +58,15 @@ pub enum Reader {
 }
 
 impl Reader {
+    /// Every reader.
+    pub const ALL: [Reader; 5] = [
+        Reader::LinuxCloop,
+        Reader::ExtractCompressedFs,
+        Reader::Qemu,
+        Reader::FreeBsdGeomUzip,
+        Reader::NetBsdVnd,
+    ];
+
     /// Human name of the reader.
     pub const fn name(self) -> &'static str {
         match self {
@@ -67,6 +77,15 @@ impl Reader {
             Reader::NetBsdVnd => "NetBSD vnd",
         }
     }
+}
+
+/// The branch of the cloop family a dialect belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Linux cloop (Knoppix, Debian; also read by qemu and NetBSD): final blocks padded.
+    LinuxCloop,
+    /// FreeBSD mkuzip/geom_uzip: final blocks short, optional zero-length blocks and dedup.
+    FreeBsdUzip,
 }
 
 /// One variant of the cloop family.
@@ -94,6 +113,29 @@ pub enum Dialect {
     UzipZstdDedup,
 }
 
+/// Whether mkmodule writes a dialect, and with which rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writing {
+    /// mkmodule writes it.
+    Written(WriteRules),
+    /// mkmodule only reads it; asked to write it, it names `instead`.
+    ReadOnly {
+        /// The written dialect closest to it.
+        instead: Dialect,
+    },
+}
+
+/// The rules mkmodule follows when writing one dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRules {
+    /// Codecs mkmodule writes in its blocks, the default first. A subset of the dialect's codecs:
+    /// never V4's flag 1 (`none`, which cloop.ko cannot read) nor lzo (mkmodule only reads it).
+    pub codecs: &'static [CodecKind],
+    /// `--format auto` may pick it. Footer dialects are written only when named, and dedup
+    /// variants are reached from their base dialect through [`Dialect::with_dedup`].
+    pub auto: bool,
+}
+
 /// Everything a dialect fixes, as one table row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DialectSpec {
@@ -117,17 +159,23 @@ pub struct DialectSpec {
     pub short_final_block: bool,
     /// Readers that open images of this dialect.
     pub readers: &'static [Reader],
+    /// The branch of the family it belongs to.
+    pub family: Family,
+    /// File name extension of its images, without the dot (`cloop`, `uzip`).
+    pub extension: &'static str,
+    /// The same dialect with dedup back-references, if there is one (itself for a dedup
+    /// dialect).
+    pub dedup_variant: Option<Dialect>,
+    /// Whether and how mkmodule writes it.
+    pub writing: Writing,
 }
 
-const ALL_READERS: &[Reader] = &[
-    Reader::LinuxCloop,
-    Reader::ExtractCompressedFs,
-    Reader::Qemu,
-    Reader::FreeBsdGeomUzip,
-    Reader::NetBsdVnd,
-];
+const ALL_READERS: &[Reader] = &Reader::ALL;
 const LINUX_ONLY: &[Reader] = &[Reader::LinuxCloop];
 const FREEBSD_ONLY: &[Reader] = &[Reader::FreeBsdGeomUzip];
+
+/// The codecs mkmodule writes in V4 images (not `none`: cloop.ko cannot read flag 1).
+const V4_WRITTEN: &[CodecKind] = &[CodecKind::Zlib, CodecKind::Xz, CodecKind::Lz4];
 
 impl Dialect {
     /// Every dialect, header-first ones before footer ones.
@@ -158,6 +206,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: false,
                 readers: ALL_READERS,
+                family: Family::LinuxCloop,
+                extension: "cloop",
+                dedup_variant: None,
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Zlib],
+                    auto: true,
+                }),
             },
             Dialect::LinuxV2Footer => &DialectSpec {
                 name: "v2-footer",
@@ -170,6 +225,12 @@ impl Dialect {
                 back_references: false,
                 short_final_block: false,
                 readers: LINUX_ONLY,
+                family: Family::LinuxCloop,
+                extension: "cloop",
+                dedup_variant: None,
+                writing: Writing::ReadOnly {
+                    instead: Dialect::LinuxV4Footer,
+                },
             },
             Dialect::LinuxV4 => &DialectSpec {
                 name: "v4",
@@ -188,6 +249,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: false,
                 readers: LINUX_ONLY,
+                family: Family::LinuxCloop,
+                extension: "cloop",
+                dedup_variant: None,
+                writing: Writing::Written(WriteRules {
+                    codecs: V4_WRITTEN,
+                    auto: true,
+                }),
             },
             Dialect::LinuxV4Footer => &DialectSpec {
                 name: "v4-footer",
@@ -206,6 +274,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: false,
                 readers: LINUX_ONLY,
+                family: Family::LinuxCloop,
+                extension: "cloop",
+                dedup_variant: None,
+                writing: Writing::Written(WriteRules {
+                    codecs: V4_WRITTEN,
+                    auto: false,
+                }),
             },
             Dialect::UzipZlib => &DialectSpec {
                 name: "uzip-zlib",
@@ -218,6 +293,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipZlibDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Zlib],
+                    auto: true,
+                }),
             },
             Dialect::UzipZlibDedup => &DialectSpec {
                 name: "uzip-zlib-dedup",
@@ -230,6 +312,13 @@ impl Dialect {
                 back_references: true,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipZlibDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Zlib],
+                    auto: false,
+                }),
             },
             Dialect::UzipXz => &DialectSpec {
                 name: "uzip-xz",
@@ -242,6 +331,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipXzDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Xz],
+                    auto: true,
+                }),
             },
             Dialect::UzipXzDedup => &DialectSpec {
                 name: "uzip-xz-dedup",
@@ -254,6 +350,13 @@ impl Dialect {
                 back_references: true,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipXzDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Xz],
+                    auto: false,
+                }),
             },
             Dialect::UzipZstd => &DialectSpec {
                 name: "uzip-zstd",
@@ -266,6 +369,13 @@ impl Dialect {
                 back_references: false,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipZstdDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Zstd],
+                    auto: true,
+                }),
             },
             Dialect::UzipZstdDedup => &DialectSpec {
                 name: "uzip-zstd-dedup",
@@ -278,6 +388,13 @@ impl Dialect {
                 back_references: true,
                 short_final_block: true,
                 readers: FREEBSD_ONLY,
+                family: Family::FreeBsdUzip,
+                extension: "uzip",
+                dedup_variant: Some(Dialect::UzipZstdDedup),
+                writing: Writing::Written(WriteRules {
+                    codecs: &[CodecKind::Zstd],
+                    auto: false,
+                }),
             },
         }
     }
@@ -314,12 +431,12 @@ impl Dialect {
 
     /// The same dialect with dedup back-references, if the dialect has such a variant.
     pub const fn with_dedup(self) -> Option<Dialect> {
-        match self {
-            Dialect::UzipZlib | Dialect::UzipZlibDedup => Some(Dialect::UzipZlibDedup),
-            Dialect::UzipXz | Dialect::UzipXzDedup => Some(Dialect::UzipXzDedup),
-            Dialect::UzipZstd | Dialect::UzipZstdDedup => Some(Dialect::UzipZstdDedup),
-            _ => None,
-        }
+        self.spec().dedup_variant
+    }
+
+    /// File name extension of its images, without the dot (`cloop`, `uzip`).
+    pub const fn extension(self) -> &'static str {
+        self.spec().extension
     }
 }
 
@@ -415,6 +532,31 @@ mod tests {
         for dialect in Dialect::ALL {
             assert_eq!(dialect.name().parse::<Dialect>().unwrap(), dialect);
             assert!(dialect.allows_codec(dialect.default_codec()));
+        }
+    }
+
+    #[test]
+    fn every_written_dialect_has_its_familys_extension() {
+        for dialect in Dialect::ALL {
+            let spec = dialect.spec();
+            let want = match spec.family {
+                Family::LinuxCloop => "cloop",
+                Family::FreeBsdUzip => "uzip",
+            };
+            assert_eq!(dialect.extension(), want, "{dialect}");
+            assert!(dialect.extension().chars().all(|c| c.is_ascii_lowercase()));
+        }
+    }
+
+    #[test]
+    fn families_follow_the_quirks() {
+        for dialect in Dialect::ALL {
+            let spec = dialect.spec();
+            let uzip = spec.family == Family::FreeBsdUzip;
+            assert_eq!(spec.short_final_block, uzip, "{dialect}");
+            assert_eq!(spec.zero_length_blocks, uzip, "{dialect}");
+            assert_eq!(spec.dedup_variant.is_some(), uzip, "{dialect}");
+            assert_eq!(spec.readers == FREEBSD_ONLY, uzip, "{dialect}");
         }
     }
 

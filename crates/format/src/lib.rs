@@ -15,11 +15,12 @@ mod index;
 mod layout;
 mod profile;
 mod trailer;
+mod writing;
 
 pub use codec_kind::{CodecKind, UnknownCodec};
 pub use dialect::{
-    Dialect, DialectSpec, HeaderPosition, Reader, UnknownDialect, DEBIAN_PREAMBLE, PREAMBLE_LEN,
-    SIGNATURE_OFFSET,
+    Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, WriteRules, Writing,
+    DEBIAN_PREAMBLE, PREAMBLE_LEN, SIGNATURE_OFFSET,
 };
 pub use error::FormatError;
 pub use index::{

@@ -44,6 +44,7 @@ mod decode;
 mod device;
 mod error;
 mod image;
+mod image_core;
 mod mmap;
 mod open;
 mod parallel;

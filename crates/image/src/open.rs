@@ -9,7 +9,8 @@ use mkmodule_format::{detect, find_trailer, BlockIndex, Layout, Trailer, ENTRY_L
 
 use crate::cache::BlockCache;
 use crate::decode::Blocks;
-use crate::image::{Core, Image};
+use crate::image::Image;
+use crate::image_core::Core;
 use crate::mmap::MappedFile;
 use crate::readahead::ReadAhead;
 use crate::source::{file_len, FileSource, ImageSource, MemorySource, Source};

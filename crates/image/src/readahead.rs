@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cache::Pending;
-use crate::image::Core;
+use crate::image_core::Core;
 
 /// Sequential streams tracked at once.
 pub(crate) const STREAMS: usize = 8;

@@ -3,10 +3,12 @@
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-use crate::config::{Level, ServerConfig};
+use crate::config::ServerConfig;
 use crate::listener::Stream;
+use crate::log::Level;
 use crate::proto::*;
-use crate::tls::{self, Pump, TlsCredentials, TlsMode};
+use crate::tls::{TlsCredentials, TlsMode};
+use crate::tls_session::{self, Pump};
 use mkmodule_blockdev::BlockDevice;
 
 /// What option haggling agreed on.
@@ -290,7 +292,7 @@ impl Haggle<'_> {
         };
         self.ack(opt)?;
         self.trace("TLS handshake");
-        match tls::start(
+        match tls_session::start(
             self.stream,
             creds,
             self.deadline,
@@ -568,7 +570,7 @@ mod tests {
                 "",
                 std::sync::Arc::new(MemoryDevice::new(vec![1; 4096])),
             )
-            .with_logger(crate::config::null_logger())
+            .with_logger(crate::log::null_logger())
             .with_handshake_timeout(std::time::Duration::from_secs(5))
     }
 

@@ -32,18 +32,20 @@ mod error;
 mod handshake;
 mod limiter;
 mod listener;
+mod log;
 mod pool;
 pub mod proto;
 mod server;
 mod tls;
+mod tls_session;
 mod transmission;
 
 pub use config::{
-    null_logger, stderr_logger, DefaultExport, ExportEntry, IpNet, IpNetError, Level, Logger,
-    ServerConfig, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DefaultExport, ExportEntry, IpNet, IpNetError, ServerConfig, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 };
 pub use error::{ConfigError, Error, NbdErrno, Result};
 
 pub use listener::Listener;
+pub use log::{null_logger, stderr_logger, Level, Logger};
 pub use server::{ReloadHandle, Server, ServerHandle, StopHandle};
 pub use tls::{TlsCredentials, TlsError, TlsMode, CA_CERT, SERVER_CERT, SERVER_KEY};

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::bufpool::BufPool;
-use crate::config::{DefaultExport, ExportEntry, Level, ServerConfig};
+use crate::config::{DefaultExport, ExportEntry, ServerConfig};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Ended};
 use crate::limiter::Budget;
 use crate::listener::{Listener, Stream};
+use crate::log::Level;
 use crate::pool::{Job, Pool};
 use crate::transmission::{self, ConnLog, Limits, Session, Stats};
 
@@ -645,8 +646,8 @@ mod tests {
     use std::net::{SocketAddr, TcpStream};
 
     use super::*;
-    use crate::config::null_logger;
     use crate::listener::Listener;
+    use crate::log::null_logger;
     use crate::proto::*;
     use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 

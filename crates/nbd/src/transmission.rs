@@ -8,11 +8,11 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::bufpool::BufPool;
-use crate::config::{Level, Logger};
 use crate::error::NbdErrno;
 use crate::handshake::Negotiated;
 use crate::limiter::{Budget, Limiter};
 use crate::listener::Stream;
+use crate::log::{Level, Logger};
 use crate::pool::Job;
 use crate::proto::*;
 use mkmodule_blockdev::BlockDevice;
@@ -807,7 +807,7 @@ mod tests {
             stats: Arc::new(Stats::default()),
             log: Arc::new(ConnLog::new(
                 "test".into(),
-                crate::config::null_logger(),
+                crate::log::null_logger(),
                 false,
             )),
         };

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use mkmodule_codec::{CodecError, CodecKind, CodecSpec};
-use mkmodule_format::Dialect;
+use mkmodule_format::{Dialect, Family, PORTABLE};
 
 use crate::OptionsError;
 
@@ -120,25 +120,13 @@ impl FromStr for FormatChoice {
 }
 
 /// The dialects mkmodule writes, most compatible first (dedup variants come from
-/// [`Dialect::with_dedup`]).
-pub const WRITTEN_DIALECTS: [Dialect; 6] = [
-    Dialect::LinuxV2,
-    Dialect::LinuxV4,
-    Dialect::LinuxV4Footer,
-    Dialect::UzipZlib,
-    Dialect::UzipXz,
-    Dialect::UzipZstd,
-];
+/// [`Dialect::with_dedup`]); the list lives in the dialect table as [`Dialect::WRITTEN`].
+pub const WRITTEN_DIALECTS: [Dialect; 6] = Dialect::WRITTEN;
 
-/// Codecs `best` tries and `--codec` accepts in a dialect (never V4's flag 1, which Linux
-/// cannot read, nor lzo, which mkmodule only reads).
+/// Codecs `best` tries and `--codec` accepts in a dialect, from the dialect table (never V4's
+/// flag 1, which Linux cannot read, nor lzo, which mkmodule only reads).
 pub(crate) fn written_codecs(dialect: Dialect) -> impl Iterator<Item = CodecKind> {
-    dialect
-        .spec()
-        .codecs
-        .iter()
-        .copied()
-        .filter(|k| !matches!(k, CodecKind::None | CodecKind::Lzo))
+    dialect.written_codecs().iter().copied()
 }
 
 pub(crate) fn codec_hint(codec: CodecKind) -> String {
@@ -160,7 +148,8 @@ pub(crate) fn codec_hint(codec: CodecKind) -> String {
 /// `none` becomes level-0 zlib (stored deflate in a zlib wrapper, the only uncompressed encoding
 /// every reader decodes; V4's flag 1 is broken in cloop.ko). `auto` picks v2 for zlib and best,
 /// v4 for xz and lz4, uzip-zstd for zstd, and the uzip dialect of the codec when zero-length
-/// blocks or dedup are asked for.
+/// blocks or dedup are asked for (the write columns of the dialect table decide, see
+/// [`Dialect::auto_for`] and [`Dialect::family_member_for`]).
 pub fn choose_dialect(
     format: FormatChoice,
     codec: CodecChoice,
@@ -179,32 +168,23 @@ pub fn choose_dialect(
             hint: "use lz4 for a fast codec in v4 images",
         });
     }
-    let uzip_for = |kind: Option<CodecKind>| match kind.unwrap_or(CodecKind::Zlib) {
-        CodecKind::Xz => Dialect::UzipXz,
-        CodecKind::Zstd => Dialect::UzipZstd,
-        _ => Dialect::UzipZlib,
-    };
-    let uzip_wanted = zero_blocks || dedup;
     let base = match format {
-        FormatChoice::Auto => match codec.kind() {
-            Some(CodecKind::Zstd) => Dialect::UzipZstd,
-            Some(CodecKind::Xz) if uzip_wanted => Dialect::UzipXz,
-            Some(CodecKind::Xz | CodecKind::Lz4) => Dialect::LinuxV4,
-            _ if uzip_wanted => Dialect::UzipZlib,
-            _ => Dialect::LinuxV2,
-        },
-        FormatChoice::V2 => Dialect::LinuxV2,
-        FormatChoice::V4 => Dialect::LinuxV4,
-        FormatChoice::V4Footer => Dialect::LinuxV4Footer,
-        FormatChoice::Uzip => uzip_for(codec.kind()),
-        FormatChoice::Dialect(Dialect::LinuxV2Footer) => {
-            return Err(OptionsError::DialectNotWritten {
-                dialect: Dialect::LinuxV2Footer,
-                instead: Dialect::LinuxV4Footer,
-            })
-        }
-        FormatChoice::Dialect(d) => d,
+        FormatChoice::Auto => Dialect::auto_for(codec.kind(), zero_blocks || dedup),
+        FormatChoice::V2 => Some(Dialect::LinuxV2),
+        FormatChoice::V4 => Some(Dialect::LinuxV4),
+        FormatChoice::V4Footer => Some(Dialect::LinuxV4Footer),
+        FormatChoice::Uzip => Dialect::family_member_for(Family::FreeBsdUzip, codec.kind()),
+        FormatChoice::Dialect(d) => Some(d),
     };
+    // No dialect of the table writes the codec: the portable dialect refuses it below, saying
+    // that no format takes it.
+    let base = base.unwrap_or(PORTABLE.dialect);
+    if !base.is_written() {
+        return Err(OptionsError::DialectNotWritten {
+            dialect: base,
+            instead: base.written_instead(),
+        });
+    }
     if let Some(kind) = codec.kind() {
         if !base.allows_codec(kind) {
             return Err(OptionsError::CodecNotInDialect {
@@ -263,6 +243,66 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{codec}: {e}"));
             assert_eq!(dialect, want, "{codec} zero={zero} dedup={dedup}");
         }
+    }
+
+    #[test]
+    fn named_formats_pick_what_they_did() {
+        let cases = [
+            (FormatChoice::V2, "best", Dialect::LinuxV2),
+            (FormatChoice::V4, "lz4", Dialect::LinuxV4),
+            (FormatChoice::V4Footer, "xz", Dialect::LinuxV4Footer),
+            (FormatChoice::Uzip, "zlib", Dialect::UzipZlib),
+            (FormatChoice::Uzip, "best", Dialect::UzipZlib),
+            (FormatChoice::Uzip, "none", Dialect::UzipZlib),
+            (FormatChoice::Uzip, "xz", Dialect::UzipXz),
+            (FormatChoice::Uzip, "zstd", Dialect::UzipZstd),
+            (
+                FormatChoice::Dialect(Dialect::UzipXzDedup),
+                "xz",
+                Dialect::UzipXzDedup,
+            ),
+        ];
+        for (format, codec, want) in cases {
+            let (dialect, _) = choose_dialect(format, fixed(codec), false, false)
+                .unwrap_or_else(|e| panic!("{format:?} {codec}: {e}"));
+            assert_eq!(dialect, want, "{format:?} {codec}");
+        }
+        let (dialect, _) = choose_dialect(FormatChoice::Uzip, fixed("xz"), false, true).unwrap();
+        assert_eq!(dialect, Dialect::UzipXzDedup);
+    }
+
+    #[test]
+    fn read_only_and_read_only_codecs_are_refused_as_before() {
+        let v2_footer = FormatChoice::Dialect(Dialect::LinuxV2Footer);
+        let err = choose_dialect(v2_footer, fixed("zlib"), false, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mkmodule does not write v2-footer images: use v4-footer"
+        );
+        let err = choose_dialect(FormatChoice::Auto, fixed("lzo"), false, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mkmodule does not write lzo blocks: use lz4 for a fast codec in v4 images"
+        );
+        let err = choose_dialect(FormatChoice::Auto, fixed("lz4"), true, false).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("--zero-blocks is not possible in v4 images"));
+        let err = choose_dialect(FormatChoice::Auto, fixed("lz4"), false, true).unwrap_err();
+        assert!(err.to_string().starts_with("--dedup is not possible in v4"));
+    }
+
+    #[test]
+    fn hints_list_the_written_formats_in_order() {
+        assert_eq!(
+            codec_hint(CodecKind::Xz),
+            "use --format v4, v4-footer or uzip-xz"
+        );
+        assert_eq!(
+            codec_hint(CodecKind::Zlib),
+            "use --format v2, v4, v4-footer or uzip-zlib"
+        );
+        assert_eq!(codec_hint(CodecKind::Zstd), "use --format uzip-zstd");
     }
 
     #[test]
