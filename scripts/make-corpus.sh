@@ -9,7 +9,7 @@ set -euo pipefail
 corpus=${CORPUS:-../corpus}
 suite=${SUITE:-bookworm}
 mirror=${MIRROR:-http://deb.debian.org/debian}
-packages=systemd-sysv,python3,perl,vim,git,gcc,g++,make,man-db,manpages,manpages-dev,locales,iproute2,openssh-server,curl,less,gdb,strace,rsync,xz-utils,bzip2,file
+packages=systemd-sysv,python3,perl,vim,git,gcc,g++,make,man-db,manpages,manpages-dev,locales,iproute2,openssh-server,curl,less,strace,rsync,xz-utils,bzip2,file
 
 if ! command -v debootstrap >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
