@@ -32,12 +32,15 @@ pub fn debian_package(tool: &str) -> &'static str {
     }
 }
 
-/// Whether `tool` is an executable file on `PATH` (or a path to one).
+/// Whether `tool` is a file on `PATH`, in `/sbin` or `/usr/sbin`, or a path to one.
 pub fn tool_exists(tool: &str) -> bool {
     Path::new(tool).is_file()
         || std::env::var_os("PATH")
             .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
             .unwrap_or(false)
+        || ["/sbin", "/usr/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(tool).is_file())
 }
 
 /// Fails the test (never skips it) when `tool` is not installed, naming the package to install.
