@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 
-use mkmodule_codec::{BlockCompressor, CodecKind, CodecSpec};
+use mkmodule_codec::{BlockCompressor, BlockDecompressor, CodecKind, CodecSpec};
 use mkmodule_format::{
-    encode_index, header_first_data_start, is_header_first, BlockIndex, Dialect, DigestAlgorithm,
-    Header, IndexEntry, Trailer, ENTRY_LEN, HEADER_LEN, PREAMBLE_LEN,
+    encode_index, header_first_data_start, is_header_first, parse_image, BlockIndex, BlockKind,
+    Dialect, DigestAlgorithm, Header, IndexEntry, ParsedImage, Trailer, ENTRY_LEN, HEADER_LEN,
+    PREAMBLE_LEN,
 };
 use sha2::{Digest, Sha256};
 
@@ -215,10 +216,7 @@ pub fn try_build(data: &[u8], spec: &Spec) -> Option<Built> {
 }
 
 /// Each block's codec and compressed bytes (`None`: a zero-length block).
-fn compress_blocks(
-    blocks: &[Vec<u8>],
-    spec: &Spec,
-) -> Option<Vec<(CodecKind, Option<Vec<u8>>)>> {
+fn compress_blocks(blocks: &[Vec<u8>], spec: &Spec) -> Option<Vec<(CodecKind, Option<Vec<u8>>)>> {
     let mut compressors: HashMap<CodecKind, BlockCompressor> = HashMap::new();
     let mut payloads = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
@@ -299,4 +297,32 @@ pub fn expected_device(data: &[u8], block_size: u32) -> Vec<u8> {
     let mut out = data.to_vec();
     out.resize(data.len().div_ceil(bs) * bs, 0);
     out
+}
+
+/// Decodes an image with the format and codec crates only (not the reader) to its device bytes
+/// (n × block size; short final blocks zero-filled), checking that each block decodes to the
+/// block size where the dialect requires it.
+pub fn decode(image: &[u8]) -> (ParsedImage, Vec<u8>) {
+    let parsed = parse_image(image).expect("the image parses");
+    let bs = parsed.index.block_size() as usize;
+    let n = parsed.index.len();
+    let short_ok = parsed.layout.dialect.spec().short_final_block;
+    let mut dec = BlockDecompressor::new();
+    let mut out = vec![0u8; n * bs];
+    for (i, entry) in parsed.index.blocks().iter().enumerate() {
+        if entry.kind == BlockKind::Zero {
+            continue;
+        }
+        let dst = &mut out[i * bs..(i + 1) * bs];
+        let src = &image[entry.offset as usize..entry.end() as usize];
+        let got = dec
+            .decompress(entry.codec, src, dst)
+            .unwrap_or_else(|e| panic!("block {i}: {e}"));
+        // zstd may use the unused end of the buffer as scratch: zero what the block left.
+        dst[got..].fill(0);
+        if !(short_ok && i + 1 == n) {
+            assert_eq!(got, bs, "block {i} decodes to {got} bytes, not {bs}");
+        }
+    }
+    (parsed, out)
 }

@@ -214,7 +214,10 @@ impl NbdClient {
     /// Connects and negotiates structured replies before `NBD_OPT_GO` for `export`.
     pub fn connect_structured(addr: SocketAddr, export: &str) -> io::Result<NbdClient> {
         let mut s = greeted(addr)?.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::ConnectionRefused, "closed without a greeting")
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "closed without a greeting",
+            )
         })?;
         s.set_nodelay(true)?;
         Self::send_client_flags(&mut s)?;
@@ -295,11 +298,7 @@ impl NbdClient {
     pub fn recv(&mut self, data_len: impl Fn(u64) -> usize) -> io::Result<(u32, u64, Vec<u8>)> {
         let mut h = [0u8; 16];
         self.s.read_exact(&mut h)?;
-        assert_eq!(
-            be_u32_at(&h, 0),
-            SIMPLE_REPLY_MAGIC,
-            "simple reply magic"
-        );
+        assert_eq!(be_u32_at(&h, 0), SIMPLE_REPLY_MAGIC, "simple reply magic");
         let (error, cookie) = (be_u32_at(&h, 4), be_u64_at(&h, 8));
         let mut data = Vec::new();
         if error == 0 {

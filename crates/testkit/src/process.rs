@@ -131,7 +131,12 @@ pub fn measured(program: &Path, dir: &Path, args: &[&str], limit: Duration) -> M
     std::fs::write(c.join("args"), args.join("\0")).unwrap();
     std::fs::write(c.join("cwd"), dir.as_os_str().as_encoded_bytes()).unwrap();
     let mut helper = Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", MEASURE_HELPER_TEST, "--test-threads=1", "--quiet"])
+        .args([
+            "--exact",
+            MEASURE_HELPER_TEST,
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env(MEASURE_ENV, c)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -2,15 +2,10 @@
 //! with the format crate, decode every block with the codec crate, and compare the SHA-256 of
 //! the decoded device contents with the manifest.
 
-use std::path::PathBuf;
-
 use mkmodule_codec::BlockDecompressor;
 use mkmodule_format::{parse_image, BlockKind, Dialect};
+use mkmodule_testkit::fixtures::fixtures_dir;
 use sha2::{Digest, Sha256};
-
-fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/cloop-utils")
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -5,8 +5,8 @@ use crate::common;
 use std::io::{Read, Write};
 
 use common::{compress, decompress, random, text};
-use mkmodule_testkit::tools::pipe;
 use mkmodule_codec::{BlockDecompressor, CodecError, CodecKind, CodecSpec, ZSTD_WINDOW_LOG_MAX};
+use mkmodule_testkit::tools::pipe;
 
 fn spec(text: &str) -> CodecSpec {
     text.parse().unwrap()

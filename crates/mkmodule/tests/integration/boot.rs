@@ -86,18 +86,9 @@ fn run_ok(cmd: &mut Command, limit: Duration) -> String {
     out
 }
 
+/// Fails the test (never skips it) when a peer tool is missing, naming its package.
 fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-        || ["/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).is_file());
-    assert!(
-        found,
-        "required tool {tool:?} is not installed (scripts/install-deps.sh installs qemu-utils, \
-         libnbd-bin, e2fsprogs, cloop-utils and systemd)"
-    );
+    mkmodule_testkit::tools::require_tool(tool);
 }
 
 /// A port that was free a moment ago (for servers that cannot report the one they bound).

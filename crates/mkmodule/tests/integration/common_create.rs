@@ -7,8 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use mkmodule_codec::BlockDecompressor;
-use mkmodule_format::{parse_image, BlockKind, DigestAlgorithm, HeaderPosition, ParsedImage};
+use mkmodule_format::{DigestAlgorithm, HeaderPosition, ParsedImage};
 use sha2::{Digest, Sha256};
 
 /// The binary under test.
@@ -139,32 +138,7 @@ pub fn put(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     path
 }
 
-/// Decodes an image to its device bytes (n x block size; short final blocks zero-filled),
-/// checking that each block decodes to the block size where the dialect requires it.
-pub fn decode(image: &[u8]) -> (ParsedImage, Vec<u8>) {
-    let parsed = parse_image(image).expect("the image parses");
-    let bs = parsed.index.block_size() as usize;
-    let n = parsed.index.len();
-    let short_ok = parsed.layout.dialect.spec().short_final_block;
-    let mut dec = BlockDecompressor::new();
-    let mut out = vec![0u8; n * bs];
-    for (i, entry) in parsed.index.blocks().iter().enumerate() {
-        if entry.kind == BlockKind::Zero {
-            continue;
-        }
-        let dst = &mut out[i * bs..(i + 1) * bs];
-        let src = &image[entry.offset as usize..entry.end() as usize];
-        let got = dec
-            .decompress(entry.codec, src, dst)
-            .unwrap_or_else(|e| panic!("block {i}: {e}"));
-        // zstd may use the unused end of the buffer as scratch.
-        dst[got..].fill(0);
-        if !(short_ok && i + 1 == n) {
-            assert_eq!(got, bs, "block {i} decodes to {got} bytes, not {bs}");
-        }
-    }
-    (parsed, out)
-}
+pub use mkmodule_testkit::image::decode;
 
 /// Checks `image` holds `input` exactly (followed by zero padding up to whole blocks), and that
 /// its trailer, when present, records the input's length and SHA-256.

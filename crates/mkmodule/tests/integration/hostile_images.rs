@@ -936,4 +936,3 @@ fn zero_length_everything() {
     }
     assert_none(problems);
 }
-

@@ -7,11 +7,11 @@
 //! Tests here run as threads of one process: anything process-wide (environment variables, the
 //! current directory, signal handlers, fixed ports) must be serialised explicitly.
 
+mod bench;
+mod boot;
 mod common_create;
 mod common_read;
 mod common_tools;
-mod bench;
-mod boot;
 mod cow;
 mod create_errors;
 mod create_interop;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-
 use mkmodule_testkit::tools::require_tool;
 
 fn require_host() {

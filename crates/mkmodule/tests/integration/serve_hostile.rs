@@ -138,7 +138,10 @@ fn export_arg(name: &str, path: &Path) -> String {
 fn check_read(addr: SocketAddr, export: &str, expected: &[u8], offset: usize, len: usize) {
     let mut c = NbdClient::connect(addr, export).expect("a well-behaved client is served");
     assert_eq!(c.size, expected.len() as u64);
-    let got = c.read_reply(offset as u64, len as u32).unwrap().expect("read");
+    let got = c
+        .read_reply(offset as u64, len as u32)
+        .unwrap()
+        .expect("read");
     assert!(
         got == expected[offset..offset + len],
         "wrong data at {offset}"
@@ -449,7 +452,10 @@ fn a_client_that_never_reads_replies_is_held_back_with_bounded_memory() {
     check_read(addr, "big", &bytes, 47 * MIB, MIB);
     let mut big = NbdClient::connect(addr, "big").unwrap();
     assert!(
-        big.read_reply(8 * MIB as u64, 32 * MIB as u32).unwrap().unwrap() == bytes[8 * MIB..40 * MIB]
+        big.read_reply(8 * MIB as u64, 32 * MIB as u32)
+            .unwrap()
+            .unwrap()
+            == bytes[8 * MIB..40 * MIB]
     );
     big.disconnect().unwrap();
 
@@ -500,7 +506,10 @@ fn oversized_and_overflowing_requests_are_refused_without_harm() {
     let mut c = NbdClient::connect(addr, "sizes").unwrap();
 
     // 32 MiB: the largest request nbd.md says must be served, and the advertised maximum.
-    let got = c.read_reply(4 * MIB as u64, 32 * MIB as u32).unwrap().unwrap();
+    let got = c
+        .read_reply(4 * MIB as u64, 32 * MIB as u32)
+        .unwrap()
+        .unwrap();
     assert!(got == bytes[4 * MIB..36 * MIB], "32 MiB read");
     // Refused with EINVAL, the connection kept: one byte more than 32 MiB, 4 GiB - 1,
     // offset + length past 2^64, straddling the end, at the end.
@@ -716,7 +725,8 @@ fn an_image_truncated_while_served_gives_eio_not_a_crash() {
         "last quarter EIO"
     );
     assert_eq!(
-        c.read_reply((bytes.len() - MIB) as u64, MIB as u32).unwrap(),
+        c.read_reply((bytes.len() - MIB) as u64, MIB as u32)
+            .unwrap(),
         Err(NBD_EIO)
     );
     assert!(c.read_reply(1000, 100_000).unwrap().unwrap() == bytes[1000..101_000]);

@@ -7,8 +7,8 @@
 //! Tests here run as threads of one process: anything process-wide (environment variables, the
 //! current directory, signal handlers, fixed ports) must be serialised explicitly.
 
-mod common;
 mod clients;
+mod common;
 mod guest_kernel;
 mod scripts;
 mod serve_connection;

@@ -3,8 +3,8 @@
 
 use std::io::{self, Cursor, Read, Write};
 
-use mkmodule_codec::{BlockDecompressor, CodecKind};
-use mkmodule_format::{parse_image, BlockKind, Dialect, DigestAlgorithm, HeaderPosition};
+use mkmodule_codec::CodecKind;
+use mkmodule_format::{parse_image, Dialect, DigestAlgorithm, HeaderPosition};
 use mkmodule_pack::{pack, CodecChoice, PackError, PackOptions, PackSummary, ProgressEvent, Sink};
 use sha2::{Digest, Sha256};
 
@@ -82,31 +82,9 @@ fn pack_bytes(input: &[u8], options: &PackOptions) -> Result<(Vec<u8>, PackSumma
     Ok((out.into_inner(), summary))
 }
 
-/// Decodes an image to its device bytes (n x block size; short final blocks zero-filled) and
-/// checks every block decodes to exactly the block size where the dialect requires it.
+/// Decodes an image to its device bytes with the format and codec crates only.
 fn decode(image: &[u8]) -> Vec<u8> {
-    let parsed = parse_image(image).expect("image parses");
-    let bs = parsed.index.block_size() as usize;
-    let short_ok = parsed.layout.dialect.spec().short_final_block;
-    let mut dec = BlockDecompressor::new();
-    let mut out = vec![0u8; parsed.index.len() * bs];
-    let n = parsed.index.len();
-    for (i, entry) in parsed.index.blocks().iter().enumerate() {
-        let dst = &mut out[i * bs..(i + 1) * bs];
-        if entry.kind == BlockKind::Zero {
-            continue;
-        }
-        let src = &image[entry.offset as usize..entry.end() as usize];
-        let got = dec
-            .decompress(entry.codec, src, dst)
-            .expect("block decodes");
-        // zstd may use the unused end of the buffer as scratch: zero what the block left.
-        dst[got..].fill(0);
-        if !(short_ok && i + 1 == n) {
-            assert_eq!(got, bs, "block {i} decodes short");
-        }
-    }
-    out
+    mkmodule_testkit::image::decode(image).1
 }
 
 /// Checks an image against its input: dialect, contents, padding, trailer, summary.
