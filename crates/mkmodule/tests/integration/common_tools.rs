@@ -252,7 +252,7 @@ pub fn wait_exit(child: Child) {
 
 // ---------------------------------------------------------------------------------------------
 // `mkmodule serve` on TCP and a raw NBD client, for the tests that drive the wire directly
-// (tests/serve_hostile.rs). The client encodes the protocol itself, from the specification,
+// (the `serve_hostile` tests). The client encodes the protocol itself, from the specification,
 // rather than with the server's own encoders.
 
 /// What the hostile-client tests need of a [`ServedTcp`] besides its log: the address, the

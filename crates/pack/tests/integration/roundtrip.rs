@@ -4,7 +4,7 @@
 use std::io::{self, Cursor, Read, Write};
 
 use mkmodule_codec::CodecKind;
-use mkmodule_format::{parse_image, Dialect, DigestAlgorithm, HeaderPosition};
+use mkmodule_format::{parse_image, BlockKind, Dialect, DigestAlgorithm, HeaderPosition};
 use mkmodule_pack::{pack, CodecChoice, PackError, PackOptions, PackSummary, ProgressEvent, Sink};
 use sha2::{Digest, Sha256};
 
