@@ -6,6 +6,7 @@ packages=(
     cloop-utils      # create_compressed_fs / extract_compressed_fs: interop oracles
     qemu-utils       # qemu-img / qemu-nbd / qemu-io: cloop driver and NBD client
     xz-utils         # xz: checks our xz blocks are standard streams
+    zstd             # zstd: checks our zstd blocks are standard frames, and decodes its frames
     libnbd-bin       # nbdinfo, nbdcopy, nbdsh, nbdfuse: NBD clients
     python3-libnbd   # libnbd for the shared NBD probe scripts
     nbdkit           # reference NBD server for comparisons

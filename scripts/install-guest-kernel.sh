@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the guest-kernel NBD test (scripts/guest-nbd-test.sh, run by
-# crates/nbd/tests/guest_kernel.rs) needs, on Debian, as root:
+# crates/nbd/tests/integration/guest_kernel.rs) needs, on Debian, as root:
 #
 #   * nbd-client, busybox-static, cpio, gzip, xz-utils, e2fsprogs, kmod (apt-get);
 #   * the current Debian kernel package (the one linux-image-amd64 depends on),

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mkmodule_benches::{filesystem_like, random_offsets, NbdClient};
+use mkmodule_benches::{filesystem_like, random_offsets};
 use mkmodule_blockdev::{BlockDevice, MemoryDevice};
 use mkmodule_image::Image;
 use mkmodule_nbd::{null_logger, Listener, Server, ServerConfig, ServerHandle};
 use mkmodule_pack::{pack, PackOptions, Sink};
+use mkmodule_testkit::nbd::NbdClient;
 
 const INPUT: usize = 32 << 20;
 
@@ -70,7 +71,7 @@ fn serve(c: &mut Criterion) {
 
     for export in ["mem", "cloop"] {
         let mut client = NbdClient::connect(addr, export).expect("connect");
-        assert_eq!(client.size(), INPUT as u64);
+        assert_eq!(client.size, INPUT as u64);
         let mut group = c.benchmark_group(format!("nbd/{export}"));
 
         group.throughput(Throughput::Bytes(4096));
@@ -79,7 +80,7 @@ fn serve(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("read 4K random", "qd1"), |b| {
             b.iter(|| {
                 k = (k + 1) % offsets.len();
-                client.read(offsets[k], &mut buf).expect("read")
+                client.read_into(offsets[k], &mut buf).expect("read")
             })
         });
 
@@ -99,11 +100,12 @@ fn serve(c: &mut Criterion) {
         let mut at = 0u64;
         group.bench_function(BenchmarkId::new("read 1M sequential", "qd1"), |b| {
             b.iter(|| {
-                client.read(at, &mut big).expect("read");
+                client.read_into(at, &mut big).expect("read");
                 at = (at + (1 << 20)) % INPUT as u64;
             })
         });
         group.finish();
+        client.hang_up();
     }
     server.shutdown();
 }

@@ -528,28 +528,12 @@ fn sample_content(len: usize) -> Vec<u8> {
 }
 
 fn option(opt: u32, payload: &[u8]) -> Vec<u8> {
-    let mut b = OptionHeader {
-        magic: IHAVEOPT,
-        option: opt,
-        len: payload.len() as u32,
-    }
-    .encode()
-    .to_vec();
-    b.extend_from_slice(payload);
-    b
+    mkmodule_testkit::nbd::option_request(opt, payload)
 }
 
 fn request(cmd: u16, flags: u16, offset: u64, len: u32) -> Vec<u8> {
-    Request {
-        magic: REQUEST_MAGIC,
-        flags,
-        cmd,
-        cookie: (u64::from(cmd) << 8) | u64::from(len & 0xff),
-        offset,
-        len,
-    }
-    .encode()
-    .to_vec()
+    let cookie = (u64::from(cmd) << 8) | u64::from(len & 0xff);
+    mkmodule_testkit::nbd::request_with_flags(flags, cmd, cookie, offset, len).to_vec()
 }
 
 /// Client sessions for the `nbd_server` seeds: name, config bits, bytes.

@@ -1,0 +1,21 @@
+//! Test support shared by mkmodule's tests, benchmarks, fuzz targets and xtask.
+//!
+//! * [`image`]: builds cloop-family images of every dialect with the format crate's encoders
+//!   and the codec crate, with the quirks other writers have, and leaves room for hand-made
+//!   malformed ones.
+//! * [`data`]: deterministic test inputs and digests.
+//! * [`fixtures`]: the reference images in `testdata/cloop-utils` and their manifest.
+//! * [`nbd`]: a raw NBD client written from the protocol specification (not with the server's
+//!   own encoders), for tests that need control over the wire.
+//! * [`tools`]: runs peer tools (qemu-img, nbdinfo, create_compressed_fs, zstd, ...); a missing
+//!   tool fails the test with the Debian package to install, it never skips it.
+//! * [`process`]: child processes: bounded waits, stopping by pid, peak memory via `wait4`.
+//!
+//! This crate is a dev-dependency only: no library and not the binary may depend on it.
+
+pub mod data;
+pub mod fixtures;
+pub mod image;
+pub mod nbd;
+pub mod process;
+pub mod tools;
