@@ -9,6 +9,7 @@
 
 mod bench;
 mod boot;
+mod cli_words;
 mod common_create;
 mod common_read;
 mod common_tools;
@@ -20,6 +21,7 @@ mod extract;
 mod faults;
 mod hostile_images;
 mod info;
+mod interrupt;
 mod mount;
 mod serve;
 mod serve_guest;
