@@ -2,7 +2,7 @@
 
 use mkmodule_blockdev::ErrorKind;
 
-use crate::{CodecKind, Dialect};
+use crate::{CodecKind, Content, Dialect};
 
 /// A violated rule of the cloop-family format.
 ///
@@ -21,17 +21,24 @@ pub enum FormatError {
     },
     /// No known signature at byte 11 of the first or last 136 bytes.
     #[error(
-        "not a cloop-family image: bytes 11..15 are {found:?} at the start and {tail:?} at the end, \
-         expected V2.0, V4.0, v3.0, L3.0, l3.0, Z4.0 or z4.0"
+        "not a cloop-family image: no V2.0, V4.0, v3.0, L3.0, l3.0, Z4.0 or z4.0 signature at \
+         byte 11 of its first or last 136 bytes (found {found:?} and {tail:?}){}",
+        not_cloop_hint(*looks_like)
     )]
     NotCloop {
         /// Bytes 11..15 of the file, lossily as text.
         found: String,
         /// Bytes 11..15 of the last 136 bytes, lossily as text.
         tail: String,
+        /// What the file looks like instead, when its first bytes tell.
+        looks_like: Option<Content>,
     },
-    /// The header is all zeros: vndcompress was interrupted before its first checkpoint.
-    #[error("header is all zeros: an interrupted vndcompress run left this file unfinished")]
+    /// The header is all zeros and the first index entry unwritten (all ones): vndcompress was
+    /// interrupted before its first checkpoint.
+    #[error(
+        "header is all zeros and the index unwritten: an interrupted vndcompress run left this \
+         file unfinished"
+    )]
     UnfinishedHeader,
     /// Block size zero.
     #[error("block size is 0")]
@@ -228,6 +235,12 @@ impl FormatError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FormatError::TrailerVersion { .. } => ErrorKind::Unsupported,
+            // Recognisably something else (a filesystem, a compressed stream): not an image at
+            // all rather than a damaged one.
+            FormatError::NotCloop {
+                looks_like: Some(content),
+                ..
+            } if *content != Content::Zeros => ErrorKind::Unsupported,
             FormatError::IndexBufferSize { .. }
             | FormatError::OffsetTooLarge { .. }
             | FormatError::TooManyBlocks { .. }
@@ -277,5 +290,25 @@ mod tests {
             FormatError::TooManyBlocks { count: 9, max: 8 }.kind(),
             ErrorKind::Config
         );
+    }
+}
+
+/// The end of the [`FormatError::NotCloop`] message: what the file looks like and what the user
+/// probably meant to do with it.
+fn not_cloop_hint(looks_like: Option<Content>) -> String {
+    match looks_like {
+        Some(Content::Zeros) => "; it starts with nothing but zero bytes".to_string(),
+        Some(content) if content.is_raw_image() => format!(
+            "; it looks like {content}: to make a compressed image of it, run \
+             `mkmodule create FILE -o IMAGE`"
+        ),
+        Some(Content::Qcow2) => "; it looks like a qcow2 disk image: convert it to a raw image \
+             first (qemu-img convert -O raw), then run `mkmodule create`"
+            .to_string(),
+        Some(content) => format!(
+            "; it looks like {content}: decompress it first, then `mkmodule create` can compress \
+             it block by block"
+        ),
+        None => String::new(),
     }
 }

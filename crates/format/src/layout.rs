@@ -1,5 +1,6 @@
 //! The 136-byte header, where it and the index sit in a file, and dialect detection.
 
+use crate::content::identify;
 use crate::dialect::{HeaderPosition, PREAMBLE_LEN, SIGNATURE_OFFSET};
 use crate::{Dialect, FormatError};
 
@@ -139,10 +140,20 @@ fn head_dialect(head: &[u8], sig: [u8; 4]) -> Option<Dialect> {
     }
 }
 
+/// Whether `head` (the start of a file) is what an interrupted vndcompress run leaves: a header
+/// of zeros followed by an index entry still holding the all-ones "unwritten" mark.
+fn looks_unfinished(head: &[u8]) -> bool {
+    let header = HEADER_LEN as usize;
+    head.len() >= header + 8
+        && head[..header].iter().all(|&b| b == 0)
+        && head[header..header + 8].iter().all(|&b| b == 0xff)
+}
+
 /// Detects the dialect and layout of a file from its first and last bytes.
 ///
 /// `head` is the start of the file and `tail` its end; each should hold at least 136 bytes
-/// (all of the file when it is shorter). The order follows cloop.ko (docs/FORMAT.md §4): a
+/// (all of the file when it is shorter). A longer `head` (up to [`crate::IDENTIFY_LEN`]) lets
+/// the error for a file that is not an image say what it looks like instead. The order follows cloop.ko (docs/FORMAT.md §4): a
 /// signature at the start wins; otherwise `V4.0` or `V2.0` in the last 136 bytes means the
 /// header sits at the end. Returns the layout once block size and block count have been checked
 /// against the file length, so the index can be read without trusting the count further.
@@ -154,6 +165,7 @@ pub fn detect(head: &[u8], tail: &[u8], file_len: u64) -> Result<Layout, FormatE
             min: HEADER_LEN,
         });
     }
+    let full_head = head;
     let head = &head[..HEADER_LEN as usize];
     let tail = &tail[tail.len() - HEADER_LEN as usize..];
     let head_sig = signature(head).unwrap_or_default();
@@ -164,12 +176,13 @@ pub fn detect(head: &[u8], tail: &[u8], file_len: u64) -> Result<Layout, FormatE
         (Dialect::LinuxV4Footer, tail, file_len - HEADER_LEN)
     } else if &tail_sig == b"V2.0" {
         (Dialect::LinuxV2Footer, tail, file_len - HEADER_LEN)
-    } else if head.iter().all(|&b| b == 0) {
+    } else if looks_unfinished(full_head) {
         return Err(FormatError::UnfinishedHeader);
     } else {
         return Err(FormatError::NotCloop {
             found: String::from_utf8_lossy(&head_sig).into_owned(),
             tail: String::from_utf8_lossy(&tail_sig).into_owned(),
+            looks_like: identify(full_head),
         });
     };
     let header = Header::decode(window);
@@ -253,7 +266,20 @@ mod tests {
             Err(FormatError::NotCloop { .. })
         ));
         let zeros = vec![0u8; 512];
-        assert_eq!(detect_bytes(&zeros), Err(FormatError::UnfinishedHeader));
+        assert!(matches!(
+            detect_bytes(&zeros),
+            Err(FormatError::NotCloop {
+                looks_like: Some(crate::Content::Zeros),
+                ..
+            })
+        ));
+        // What vndcompress leaves before its first checkpoint: a zero header, unwritten entries.
+        let mut unfinished = vec![0xffu8; 512];
+        unfinished[..136].fill(0);
+        assert_eq!(
+            detect_bytes(&unfinished),
+            Err(FormatError::UnfinishedHeader)
+        );
         assert!(matches!(
             detect_bytes(&[0u8; 100]),
             Err(FormatError::TooShort { len: 100, .. })

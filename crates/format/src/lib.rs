@@ -9,6 +9,7 @@
 //! [`parse_image`] does all three on an image held in memory.
 
 mod codec_kind;
+mod content;
 mod dialect;
 mod error;
 mod index;
@@ -18,6 +19,7 @@ mod trailer;
 mod writing;
 
 pub use codec_kind::{CodecKind, UnknownCodec};
+pub use content::{identify, Content, IDENTIFY_LEN};
 pub use dialect::{
     Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, WriteRules, Writing,
     DEBIAN_PREAMBLE, PREAMBLE_LEN, SIGNATURE_OFFSET,

@@ -173,6 +173,7 @@ impl ImageError {
             ImageError::Decode { problem, .. } if problem.kind() == ErrorKind::Unsupported => {
                 ErrorKind::Unsupported
             }
+            ImageError::Format(e) if e.kind() == ErrorKind::Unsupported => ErrorKind::Unsupported,
             ImageError::Format(_)
             | ImageError::Truncated { .. }
             | ImageError::Decode { .. }

@@ -5,7 +5,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use mkmodule_format::{detect, find_trailer, BlockIndex, Layout, Trailer, ENTRY_LEN, PROBE_LEN};
+use mkmodule_format::{
+    detect, find_trailer, BlockIndex, FormatError, Layout, Trailer, ENTRY_LEN, IDENTIFY_LEN,
+    PROBE_LEN,
+};
 
 use crate::cache::BlockCache;
 use crate::decode::Blocks;
@@ -203,7 +206,14 @@ impl Parsed {
         let probe = PROBE_LEN.min(usize::try_from(len).unwrap_or(PROBE_LEN));
         let head = read_at(source, probe, 0)?;
         let tail = read_at(source, probe, len - probe as u64)?;
-        let layout = detect(&head, &tail, len)?;
+        let layout = match detect(&head, &tail, len) {
+            // Not an image: look further into the file so the error can say what it is instead.
+            Err(FormatError::NotCloop { .. }) if len > probe as u64 => {
+                let wider = IDENTIFY_LEN.min(usize::try_from(len).unwrap_or(IDENTIFY_LEN));
+                detect(&read_at(source, wider, 0)?, &tail, len)?
+            }
+            other => other?,
+        };
         let index_len = usize::try_from(layout.index_len()).map_err(|_| ImageError::Io {
             offset: layout.index_offset,
             len: layout.index_len(),

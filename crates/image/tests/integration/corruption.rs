@@ -298,7 +298,13 @@ fn hostile_headers_are_refused() {
             ..
         }
     ));
-    assert_eq!(format_error(&[0u8; 4096]), FormatError::UnfinishedHeader);
+    let mut unfinished = [0xffu8; 4096];
+    unfinished[..136].fill(0);
+    assert_eq!(format_error(&unfinished), FormatError::UnfinishedHeader);
+    assert!(matches!(
+        format_error(&[0u8; 4096]),
+        FormatError::NotCloop { .. }
+    ));
     assert!(matches!(
         format_error(&[b'x'; 4096]),
         FormatError::NotCloop { .. }
