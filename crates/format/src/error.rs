@@ -268,6 +268,26 @@ impl FormatError {
     }
 }
 
+/// The end of the [`FormatError::NotCloop`] message: what the file looks like and what the user
+/// probably meant to do with it.
+fn not_cloop_hint(looks_like: Option<Content>) -> String {
+    match looks_like {
+        Some(Content::Zeros) => "; it starts with nothing but zero bytes".to_string(),
+        Some(content) if content.is_raw_image() => format!(
+            "; it looks like {content}: to make a compressed image of it, run \
+             `mkmodule create FILE -o IMAGE`"
+        ),
+        Some(Content::Qcow2) => "; it looks like a qcow2 disk image: convert it to a raw image \
+             first (qemu-img convert -O raw), then run `mkmodule create`"
+            .to_string(),
+        Some(content) => format!(
+            "; it looks like {content}: decompress it first, then `mkmodule create` can compress \
+             it block by block"
+        ),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,25 +310,5 @@ mod tests {
             FormatError::TooManyBlocks { count: 9, max: 8 }.kind(),
             ErrorKind::Config
         );
-    }
-}
-
-/// The end of the [`FormatError::NotCloop`] message: what the file looks like and what the user
-/// probably meant to do with it.
-fn not_cloop_hint(looks_like: Option<Content>) -> String {
-    match looks_like {
-        Some(Content::Zeros) => "; it starts with nothing but zero bytes".to_string(),
-        Some(content) if content.is_raw_image() => format!(
-            "; it looks like {content}: to make a compressed image of it, run \
-             `mkmodule create FILE -o IMAGE`"
-        ),
-        Some(Content::Qcow2) => "; it looks like a qcow2 disk image: convert it to a raw image \
-             first (qemu-img convert -O raw), then run `mkmodule create`"
-            .to_string(),
-        Some(content) => format!(
-            "; it looks like {content}: decompress it first, then `mkmodule create` can compress \
-             it block by block"
-        ),
-        None => String::new(),
     }
 }
