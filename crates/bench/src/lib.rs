@@ -29,14 +29,15 @@ use mkmodule_format::Dialect;
 use mkmodule_pack::{choose_dialect, CodecChoice, FormatChoice, OptionsError};
 
 pub use measure::{CellResult, MeasureOptions, Phase};
-pub use report::{parse_duration, ReaderNeed, Recommendation, Report, SampleInfo};
+pub use report::{parse_duration, Audience, Recommendation, Report, SampleInfo};
 pub use sample::{plan_sample, run_len_for, SamplePlan, SampleSize};
 pub use sweep::{plan_cells, run, Event, SweepConfig};
 
 /// Default block sizes of a sweep.
 pub const DEFAULT_BLOCK_SIZES: &str = "16K,64K,128K,256K,1M";
-/// Default codecs of a sweep.
-pub const DEFAULT_CODECS: &str = "zlib:6,zlib:9,zlib:12,zstd:3,zstd:19,xz:6,lz4";
+/// Default codecs of a sweep; the first is `create`'s own default
+/// ([`mkmodule_pack::DEFAULT_ZLIB_LEVEL`]), so the table shows where the default stands.
+pub const DEFAULT_CODECS: &str = "zlib:5,zlib:6,zlib:9,zlib:12,zstd:3,zstd:19,xz:6,lz4";
 
 /// Errors of a sweep, each one sentence with the numbers involved.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +201,18 @@ mod tests {
         assert_eq!(cell("xz:6").file_name(), "xz6-64K.cloop");
         assert_eq!(cell("lz4").to_string(), "lz4 64K");
         assert!(Cell::new(65536, "lzo".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_default_sweep_includes_what_create_writes_by_default() {
+        let create_default = format!("zlib:{}", mkmodule_pack::DEFAULT_ZLIB_LEVEL);
+        assert!(
+            DEFAULT_CODECS.split(',').any(|c| c == create_default),
+            "{DEFAULT_CODECS}"
+        );
+        for codec in DEFAULT_CODECS.split(',') {
+            Cell::new(65536, codec.parse().unwrap()).unwrap();
+        }
     }
 
     #[test]

@@ -69,92 +69,175 @@ pub struct Report {
     pub recommendation: Option<Recommendation>,
 }
 
-/// Which readers must open the recommended image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReaderNeed {
-    /// No constraint.
+/// Who will read the recommended image: `mkmodule bench --for`.
+///
+/// The reader lists come from the dialect table ([`mkmodule_format::Dialect::spec`]): an
+/// audience is satisfied by a cell whose dialect lists the readers it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Audience {
+    /// Every reader in [`Reader::ALL`] opens the image: the portable choice, and the default.
+    #[default]
     Any,
-    /// Every reader: Linux cloop.ko, extract_compressed_fs, qemu, FreeBSD and NetBSD.
-    All,
-    /// Linux cloop.ko.
-    Linux,
-    /// FreeBSD geom_uzip.
-    FreeBsd,
-    /// NetBSD vnd.
-    NetBsd,
-    /// qemu's cloop driver.
+    /// Only `mkmodule serve` or `mount`, which read every codec: no constraint.
+    Serve,
+    /// Linux `cloop.ko` (Knoppix and Debian live systems).
+    Cloop,
+    /// qemu's `cloop` block driver.
     Qemu,
+    /// FreeBSD `geom_uzip`.
+    GeomUzip,
+    /// NetBSD `vnd`.
+    Vnd,
 }
 
-impl ReaderNeed {
-    /// Whether an image readable by `readers` is good enough.
+impl Audience {
+    /// Every audience, in the order `--for` lists them.
+    pub const ALL: [Audience; 6] = [
+        Audience::Cloop,
+        Audience::Qemu,
+        Audience::GeomUzip,
+        Audience::Vnd,
+        Audience::Serve,
+        Audience::Any,
+    ];
+
+    /// The readers that must open the image (empty for [`Audience::Serve`]).
+    pub fn required_readers(self) -> &'static [Reader] {
+        match self {
+            Audience::Any => &Reader::ALL,
+            Audience::Serve => &[],
+            Audience::Cloop => &[Reader::LinuxCloop],
+            Audience::Qemu => &[Reader::Qemu],
+            Audience::GeomUzip => &[Reader::FreeBsdGeomUzip],
+            Audience::Vnd => &[Reader::NetBsdVnd],
+        }
+    }
+
+    /// Whether an image opened by `readers` is good enough.
     pub fn satisfied_by(self, readers: &[Reader]) -> bool {
+        self.required_readers().iter().all(|r| readers.contains(r))
+    }
+
+    /// Words for the recommendation: `every reader`, `Linux cloop.ko`, ...
+    pub fn describe(self) -> String {
         match self {
-            ReaderNeed::Any => true,
-            ReaderNeed::All => Reader::ALL.iter().all(|r| readers.contains(r)),
-            ReaderNeed::Linux => readers.contains(&Reader::LinuxCloop),
-            ReaderNeed::FreeBsd => readers.contains(&Reader::FreeBsdGeomUzip),
-            ReaderNeed::NetBsd => readers.contains(&Reader::NetBsdVnd),
-            ReaderNeed::Qemu => readers.contains(&Reader::Qemu),
+            Audience::Any => "every reader".to_string(),
+            Audience::Serve => "mkmodule serve/mount".to_string(),
+            other => list_readers(other.required_readers()),
         }
     }
 
-    /// Words for the recommendation line.
-    pub fn describe(self) -> &'static str {
-        match self {
-            ReaderNeed::Any => "any reader",
-            ReaderNeed::All => "every reader",
-            ReaderNeed::Linux => "Linux cloop.ko",
-            ReaderNeed::FreeBsd => "FreeBSD geom_uzip",
-            ReaderNeed::NetBsd => "NetBSD vnd",
-            ReaderNeed::Qemu => "qemu",
-        }
-    }
-
-    /// The `--readers` value.
+    /// The `--for` value.
     pub fn name(self) -> &'static str {
         match self {
-            ReaderNeed::Any => "any",
-            ReaderNeed::All => "all",
-            ReaderNeed::Linux => "linux",
-            ReaderNeed::FreeBsd => "freebsd",
-            ReaderNeed::NetBsd => "netbsd",
-            ReaderNeed::Qemu => "qemu",
+            Audience::Any => "any",
+            Audience::Serve => "serve",
+            Audience::Cloop => "cloop",
+            Audience::Qemu => "qemu",
+            Audience::GeomUzip => "geom_uzip",
+            Audience::Vnd => "vnd",
         }
     }
-}
 
-impl FromStr for ReaderNeed {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "any" => ReaderNeed::Any,
-            "all" => ReaderNeed::All,
-            "linux" => ReaderNeed::Linux,
-            "freebsd" => ReaderNeed::FreeBsd,
-            "netbsd" => ReaderNeed::NetBsd,
-            "qemu" => ReaderNeed::Qemu,
+    /// The audience an old `--readers` value meant: `any` (no constraint) is now `serve`,
+    /// `all` (every reader) is now `any`, `linux` is `cloop`, `freebsd` is `geom_uzip`,
+    /// `netbsd` is `vnd`, `qemu` is `qemu`.
+    pub fn from_readers_value(value: &str) -> Result<Audience, String> {
+        Ok(match value.trim().to_ascii_lowercase().as_str() {
+            "any" => Audience::Serve,
+            "all" => Audience::Any,
+            "linux" => Audience::Cloop,
+            "freebsd" => Audience::GeomUzip,
+            "netbsd" => Audience::Vnd,
+            "qemu" => Audience::Qemu,
             other => {
                 return Err(format!(
-                    "unknown readers {other:?}: expected any, all, linux, freebsd, netbsd or qemu"
+                    "unknown readers {other:?}: expected any, all, linux, freebsd, netbsd or \
+                     qemu (or use --for {})",
+                    for_values()
                 ))
             }
         })
+    }
+
+    /// One line saying which audience the recommendation is for and how to pick another:
+    /// `recommending for every reader (Linux cloop.ko, ...), the default; use --for serve if
+    /// only mkmodule serve/mount will read the image, ...`.
+    pub fn statement(self) -> String {
+        let others = "--for cloop, qemu, geom_uzip or vnd for one reader";
+        match self {
+            Audience::Any => format!(
+                "recommending for every reader ({}), the default; use --for serve if only \
+                 mkmodule serve/mount will read the image, or {others}",
+                Reader::ALL
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Audience::Serve => format!(
+                "recommending for mkmodule serve/mount only (--for serve), which read every \
+                 codec; use --for any for an image every reader opens, or {others}"
+            ),
+            other => format!(
+                "recommending for {} (--for {}); use --for any for an image every reader \
+                 opens, or --for serve if only mkmodule serve/mount will read it",
+                other.describe(),
+                other.name()
+            ),
+        }
+    }
+}
+
+/// The `--for` values, for messages: `cloop, qemu, geom_uzip, vnd, serve or any`.
+pub fn for_values() -> String {
+    let names: Vec<&str> = Audience::ALL.iter().map(|a| a.name()).collect();
+    let (last, rest) = names.split_last().expect("there are audiences");
+    format!("{} or {last}", rest.join(", "))
+}
+
+impl FromStr for Audience {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
+        Audience::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == wanted)
+            .ok_or_else(|| format!("unknown reader {:?}: expected {}", s.trim(), for_values()))
+    }
+}
+
+/// Readers in a sentence: `Linux cloop.ko`, `qemu and NetBSD vnd`, `a, b and c`.
+pub fn list_readers(readers: &[Reader]) -> String {
+    let names: Vec<&str> = readers.iter().map(|r| r.name()).collect();
+    join_with_and(&names)
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn join_with_and(names: &[&str]) -> String {
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
     }
 }
 
 /// The recommended cell and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recommendation {
-    /// Index into [`Report::cells`]; `None` when no cell is readable by the readers asked for.
+    /// Index into [`Report::cells`]; `None` when no cell is readable by the audience.
     pub cell: Option<usize>,
     /// Whether the pick meets the latency bound (otherwise it is the fastest reader instead).
     pub met: bool,
     /// The latency bound, microseconds.
     pub max_latency_us: f64,
-    /// The `--readers` value.
-    pub readers: String,
+    /// The `--for` value: who will read the image.
+    #[serde(rename = "for")]
+    pub audience: String,
+    /// The readers that open the recommended image (empty when there is none).
+    pub readers: Vec<String>,
     /// The recommendation in one line.
     pub text: String,
     /// The `mkmodule create` options that make the pick.
@@ -162,18 +245,23 @@ pub struct Recommendation {
 }
 
 /// Picks the smallest image (then the fastest to decode) whose random-read p99 is at most
-/// `max_latency`, among the cells readable by `need`; when none is fast enough, the one with
+/// `max_latency`, among the cells `audience` can read; when none is fast enough, the one with
 /// the lowest p99.
-pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) -> Recommendation {
+pub fn recommend(
+    cells: &[CellResult],
+    max_latency: Duration,
+    audience: Audience,
+) -> Recommendation {
     let bound = max_latency.as_secs_f64() * 1e6;
     let readable: Vec<usize> = (0..cells.len())
-        .filter(|&i| need.satisfied_by(cells[i].reader_set()))
+        .filter(|&i| audience.satisfied_by(cells[i].reader_set()))
         .collect();
     let base = Recommendation {
         cell: None,
         met: false,
         max_latency_us: bound,
-        readers: need.name().to_string(),
+        audience: audience.name().to_string(),
+        readers: Vec::new(),
         text: String::new(),
         create_options: None,
     };
@@ -182,7 +270,7 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
             text: format!(
                 "no combination swept is readable by {}: add a codec it reads (zlib is read \
                  by every reader)",
-                need.describe()
+                audience.describe()
             ),
             ..base
         };
@@ -214,7 +302,9 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
     };
     let c = &cells[pick];
     let options = format!("-B {} -c {}", size_label(c.block_size), c.codec);
-    let readers = readers_label(c.reader_set());
+    let mut reader_names: Vec<&str> = c.reader_set().iter().map(|r| r.name()).collect();
+    reader_names.push("mkmodule serve/mount");
+    let readers = format!("readable by {}", join_with_and(&reader_names));
     let estimate = if c.estimated_full_bytes != c.image_bytes {
         format!(
             ", about {} for the whole input",
@@ -225,29 +315,21 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
     };
     let text = if met {
         format!(
-            "recommended: {options} ({}): the smallest image (ratio {:.3}{estimate}) whose random \
-             {} read p99 ({}) stays under {}, readable by {readers}{}",
+            "recommended: {options} ({}), {readers}: the smallest image (ratio {:.3}{estimate}) \
+             for {} whose random {} read p99 ({}) stays under {}",
             c.dialect,
             c.ratio,
+            audience.describe(),
             size_label(4096),
             fmt_us(c.read_p99_us),
             fmt_us(bound),
-            if need == ReaderNeed::Any {
-                String::new()
-            } else {
-                format!(" (asked: {})", need.describe())
-            }
         )
     } else {
         format!(
-            "no combination{} keeps the random-read p99 under {}; the fastest is {options} ({}, \
-             p99 {}, ratio {:.3}{estimate}): raise --max-latency or add smaller blocks or a \
-             faster codec",
-            if need == ReaderNeed::Any {
-                String::new()
-            } else {
-                format!(" readable by {}", need.describe())
-            },
+            "no combination readable by {} keeps the random-read p99 under {}; the fastest is \
+             {options} ({}, {readers}; p99 {}, ratio {:.3}{estimate}): raise --max-latency or \
+             add smaller blocks or a faster codec",
+            audience.describe(),
             fmt_us(bound),
             c.dialect,
             fmt_us(c.read_p99_us),
@@ -257,6 +339,11 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
     Recommendation {
         cell: Some(pick),
         met,
+        readers: c
+            .reader_set()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect(),
         text,
         create_options: Some(options),
         ..base
@@ -264,9 +351,9 @@ pub fn recommend(cells: &[CellResult], max_latency: Duration, need: ReaderNeed) 
 }
 
 impl Report {
-    /// Fills in [`Report::recommendation`].
-    pub fn recommend(&mut self, max_latency: Duration, need: ReaderNeed) {
-        self.recommendation = Some(recommend(&self.cells, max_latency, need));
+    /// Fills in [`Report::recommendation`] for `audience`.
+    pub fn recommend(&mut self, max_latency: Duration, audience: Audience) {
+        self.recommendation = Some(recommend(&self.cells, max_latency, audience));
     }
 
     /// The index of the recommended cell, if any.
@@ -444,7 +531,7 @@ impl Report {
 
 /// The readers of a dialect in a few words: `all 5 readers`, or their names.
 pub fn readers_label(readers: &[Reader]) -> String {
-    if ReaderNeed::All.satisfied_by(readers) {
+    if Audience::Any.satisfied_by(readers) {
         "all".to_string()
     } else {
         readers
@@ -595,7 +682,7 @@ mod tests {
     fn picks_the_smallest_image_under_the_latency_bound() {
         let c = cells();
         let ms2 = Duration::from_millis(2);
-        let r = recommend(&c, ms2, ReaderNeed::Any);
+        let r = recommend(&c, ms2, Audience::Serve);
         assert_eq!(r.cell, Some(4), "{}", r.text);
         assert!(r.met);
         assert!(
@@ -605,20 +692,136 @@ mod tests {
         );
         assert_eq!(r.create_options.as_deref(), Some("-B 128K -c xz:6"));
         // Tighter bound: xz at 128K (1.9 ms) is out, zstd 64K (0.3 ms) is the smallest left.
-        let r = recommend(&c, Duration::from_micros(1000), ReaderNeed::Any);
+        let r = recommend(&c, Duration::from_micros(1000), Audience::Serve);
         assert_eq!(r.cell, Some(2));
         // Every reader: zlib only; zlib:12 64K (p99 1.999 ms) beats zlib:9 64K.
-        let r = recommend(&c, ms2, ReaderNeed::All);
+        let r = recommend(&c, ms2, Audience::Any);
         assert_eq!(r.cell, Some(7));
         // Linux: v2 and v4 images; xz 128K is the smallest under 2 ms.
-        assert_eq!(recommend(&c, ms2, ReaderNeed::Linux).cell, Some(4));
+        assert_eq!(recommend(&c, ms2, Audience::Cloop).cell, Some(4));
         // FreeBSD: v2 (geom_uzip reads V2.0) and uzip-zstd; zstd 64K is the smallest.
-        assert_eq!(recommend(&c, ms2, ReaderNeed::FreeBsd).cell, Some(2));
+        assert_eq!(recommend(&c, ms2, Audience::GeomUzip).cell, Some(2));
         // A loose bound: the smallest of all.
         assert_eq!(
-            recommend(&c, Duration::from_secs(1), ReaderNeed::Any).cell,
+            recommend(&c, Duration::from_secs(1), Audience::Serve).cell,
             Some(5)
         );
+    }
+
+    /// Cells where zstd is both the smallest and the fastest: the pick only an audience
+    /// constraint keeps away from.
+    fn zstd_wins_everything() -> Vec<CellResult> {
+        vec![
+            fake("zstd:19", 65536, Dialect::UzipZstd, 100, 100.0, 2000.0), // 0
+            fake("zlib:9", 65536, Dialect::LinuxV2, 300, 400.0, 900.0),    // 1
+            fake("xz:6", 65536, Dialect::LinuxV4, 200, 900.0, 80.0),       // 2
+        ]
+    }
+
+    #[test]
+    fn a_zstd_cell_is_never_recommended_for_cloop() {
+        let c = zstd_wins_everything();
+        for bound in [
+            Duration::from_micros(10),
+            Duration::from_millis(2),
+            Duration::from_secs(10),
+        ] {
+            for audience in [
+                Audience::Cloop,
+                Audience::Qemu,
+                Audience::Vnd,
+                Audience::Any,
+            ] {
+                let r = recommend(&c, bound, audience);
+                let pick = r.cell.expect("zlib is read by every reader");
+                assert_ne!(
+                    c[pick].codec, "zstd:19",
+                    "{audience:?} {bound:?}: {}",
+                    r.text
+                );
+                assert!(audience.satisfied_by(c[pick].reader_set()));
+            }
+        }
+        // cloop.ko reads V4 too: xz is the smallest it opens.
+        let r = recommend(&c, Duration::from_millis(2), Audience::Cloop);
+        assert_eq!(r.cell, Some(2));
+        assert_eq!(r.audience, "cloop");
+        assert_eq!(r.readers, vec!["Linux cloop.ko"]);
+        assert!(
+            r.text
+                .starts_with("recommended: -B 64K -c xz:6 (v4), readable by Linux cloop.ko"),
+            "{}",
+            r.text
+        );
+        // Every reader: only the V2 zlib image, and the line names them all.
+        let r = recommend(&c, Duration::from_millis(2), Audience::Any);
+        assert_eq!(r.cell, Some(1));
+        for reader in Reader::ALL {
+            assert!(r.text.contains(reader.name()), "{}", r.text);
+            assert!(r.readers.contains(&reader.name().to_string()));
+        }
+        let only_zstd = vec![c[0].clone()];
+        let r = recommend(&only_zstd, Duration::from_millis(2), Audience::Cloop);
+        assert_eq!(r.cell, None);
+        assert!(r.readers.is_empty());
+    }
+
+    #[test]
+    fn serve_and_geom_uzip_may_pick_zstd() {
+        let c = zstd_wins_everything();
+        for audience in [Audience::Serve, Audience::GeomUzip] {
+            let r = recommend(&c, Duration::from_millis(2), audience);
+            assert_eq!(r.cell, Some(0), "{audience:?}: {}", r.text);
+            assert_eq!(r.readers, vec!["FreeBSD geom_uzip"]);
+            assert!(
+                r.text
+                    .contains("readable by FreeBSD geom_uzip and mkmodule serve/mount"),
+                "{}",
+                r.text
+            );
+        }
+        let r = recommend(&c, Duration::from_millis(2), Audience::Serve);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["for"], "serve");
+        assert_eq!(json["readers"][0], "FreeBSD geom_uzip");
+    }
+
+    #[test]
+    fn the_default_audience_is_every_reader_and_says_how_to_change_it() {
+        assert_eq!(Audience::default(), Audience::Any);
+        let all = Reader::ALL.to_vec();
+        assert!(Audience::Any.satisfied_by(&all));
+        assert!(!Audience::Any.satisfied_by(&[Reader::LinuxCloop]));
+        assert!(Audience::Serve.satisfied_by(&[]));
+        let statement = Audience::Any.statement();
+        assert!(
+            statement.starts_with("recommending for every reader ("),
+            "{statement}"
+        );
+        for reader in Reader::ALL {
+            assert!(statement.contains(reader.name()), "{statement}");
+        }
+        assert!(statement.contains("--for serve"), "{statement}");
+        assert!(Audience::Cloop.statement().contains("--for any"));
+        assert!(Audience::Serve.statement().contains("--for any"));
+        for audience in Audience::ALL {
+            assert_eq!(audience.name().parse::<Audience>(), Ok(audience));
+        }
+        assert_eq!("geom-uzip".parse::<Audience>(), Ok(Audience::GeomUzip));
+        assert_eq!(for_values(), "cloop, qemu, geom_uzip, vnd, serve or any");
+    }
+
+    #[test]
+    fn old_readers_values_keep_their_meaning() {
+        let old = |v: &str| Audience::from_readers_value(v).unwrap();
+        // `any` asked for nothing; `all` asked for every reader.
+        assert_eq!(old("any"), Audience::Serve);
+        assert_eq!(old("all"), Audience::Any);
+        assert_eq!(old("linux"), Audience::Cloop);
+        assert_eq!(old("freebsd"), Audience::GeomUzip);
+        assert_eq!(old("netbsd"), Audience::Vnd);
+        assert_eq!(old("qemu"), Audience::Qemu);
+        assert!(Audience::from_readers_value("cloop").is_err());
     }
 
     #[test]
@@ -628,7 +831,7 @@ mod tests {
             fake("zlib:12", 65536, Dialect::LinuxV2, 300, 400.0, 950.0),
         ];
         assert_eq!(
-            recommend(&c, Duration::from_millis(2), ReaderNeed::Any).cell,
+            recommend(&c, Duration::from_millis(2), Audience::Serve).cell,
             Some(1)
         );
     }
@@ -636,12 +839,12 @@ mod tests {
     #[test]
     fn nothing_fast_enough_gives_the_fastest_and_says_so() {
         let c = cells();
-        let r = recommend(&c, Duration::from_micros(50), ReaderNeed::Any);
+        let r = recommend(&c, Duration::from_micros(50), Audience::Serve);
         assert!(!r.met);
         assert_eq!(r.cell, Some(6));
         assert!(r.text.starts_with("no combination"), "{}", r.text);
         let only_zstd = vec![c[2].clone(), c[3].clone()];
-        let r = recommend(&only_zstd, Duration::from_millis(2), ReaderNeed::Linux);
+        let r = recommend(&only_zstd, Duration::from_millis(2), Audience::Cloop);
         assert_eq!(r.cell, None);
         assert!(r.text.contains("Linux cloop.ko"), "{}", r.text);
     }
@@ -668,7 +871,7 @@ mod tests {
         assert_eq!(lines.len(), 9);
         assert!(lines[0].starts_with("codec,block_size,dialect,readers"));
         assert!(lines[1].contains("\"/tmp/a,b.cloop\""));
-        report.recommend(Duration::from_millis(2), ReaderNeed::Any);
+        report.recommend(Duration::from_millis(2), Audience::Serve);
         let table = report.table();
         assert_eq!(table.lines().count(), 9);
         let marked: Vec<&str> = table.lines().filter(|l| l.starts_with('*')).collect();
@@ -695,7 +898,7 @@ mod tests {
         assert_eq!(fmt_us(0.34), "0.3 us");
         assert_eq!(fmt_us(1240.0), "1.24 ms");
         assert_eq!(fmt_bytes(1 << 20), "1.0 MiB");
-        "any".parse::<ReaderNeed>().unwrap();
-        assert!("windows".parse::<ReaderNeed>().is_err());
+        assert_eq!("any".parse::<Audience>(), Ok(Audience::Any));
+        assert!("windows".parse::<Audience>().is_err());
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mkmodule_bench::report::fmt_us;
 use mkmodule_bench::{
-    parse_duration, plan_cells, plot, size_label, Event, MeasureOptions, Phase, ReaderNeed,
+    parse_duration, plan_cells, plot, size_label, Audience, Event, MeasureOptions, Phase,
     SampleSize, SweepConfig, DEFAULT_BLOCK_SIZES, DEFAULT_CODECS,
 };
 use mkmodule_pack::{check_block_size, CodecChoice};
@@ -31,7 +31,8 @@ pub struct Args {
     pub block_sizes: String,
 
     /// Codecs to sweep, comma separated, as `create -c` takes them (zlib:9, zstd:19, xz:6,
-    /// lz4, ...). Each is written in the format `create --format auto` picks for it.
+    /// lz4, ...). Each is written in the format `create --format auto` picks for it. The
+    /// defaults include zlib:5, what `create` writes when given no -c.
     #[arg(short = 'c', long = "codecs", value_name = "LIST", default_value = DEFAULT_CODECS)]
     pub codecs: String,
 
@@ -60,10 +61,16 @@ pub struct Args {
     #[arg(long, value_name = "TIME", default_value = "2ms")]
     pub max_latency: String,
 
-    /// Readers the recommended image must open: any, all (every reader), linux (cloop.ko),
+    /// Who will read the image: cloop (Linux cloop.ko), qemu, geom_uzip (FreeBSD), vnd
+    /// (NetBSD), serve (only mkmodule serve or mount, which read every codec) or any (every
+    /// reader: the portable choice). The recommendation is an image it opens.
+    #[arg(long = "for", value_name = "READER", default_value = "any")]
+    pub audience: String,
+
+    /// The old spelling of --for: any (now --for serve), all (now --for any), linux (cloop),
     /// freebsd (geom_uzip), netbsd (vnd) or qemu.
-    #[arg(long, value_name = "WHICH", default_value = "any")]
-    pub readers: String,
+    #[arg(long, value_name = "WHICH", hide = true, conflicts_with = "audience")]
+    pub readers: Option<String>,
 
     /// Keep the image of every combination in DIR (created if missing); the report names
     /// each image.
@@ -95,12 +102,18 @@ fn after_help() -> &'static str {
      4K read    latency of random 4 KiB reads through the real reader (default cache), p50 and p99\n  \
      readers    the readers that open the format the codec is written in (zlib: all five;\n             \
      xz and lz4: Linux cloop.ko; zstd: FreeBSD geom_uzip)\n\n\
+     The recommendation: the smallest image whose random 4K read p99 stays under --max-latency,\n\
+     among those the readers named by --for open. The default, --for any, keeps to images every\n\
+     reader opens (V2.0, zlib); --for cloop also allows V4.0 (xz, lz4), --for geom_uzip zstd,\n\
+     and --for serve (mkmodule serve or mount only) every codec.\n\n\
      The sample: N runs of 4 MiB (a multiple of every block size) at the centres of N equal\n\
      stretches of the input, so beginning, middle and end are all seen, and every block is a\n\
      block of the input at its own offset. The same input and options give the same sample.\n\n\
      Examples:\n  \
      mkmodule bench rootfs.ext4 --sample 20%\n  \
-     mkmodule bench KNOPPIX -B 64K,256K -c zlib:9,zstd:19 --readers linux --plot bench.svg\n  \
+     mkmodule bench rootfs.ext4 --for cloop\n  \
+     mkmodule bench KNOPPIX -B 64K,256K -c zlib:9,xz:6 --for cloop --plot bench.svg\n  \
+     mkmodule bench root.img -c zstd:3,zstd:19 --for serve\n  \
      mkmodule bench live.iso --json > bench.json"
 }
 
@@ -108,7 +121,7 @@ fn after_help() -> &'static str {
 struct Plan {
     config: SweepConfig,
     max_latency: Duration,
-    readers: ReaderNeed,
+    audience: Audience,
     plot: Option<PathBuf>,
     json: bool,
     csv: bool,
@@ -157,10 +170,15 @@ impl Plan {
         let read_time = parse_duration(&args.read_time).map_err(|e| anyhow!("--read-time: {e}"))?;
         let max_latency =
             parse_duration(&args.max_latency).map_err(|e| anyhow!("--max-latency: {e}"))?;
-        let readers: ReaderNeed = args
-            .readers
-            .parse()
-            .map_err(|e: String| anyhow!("--readers: {e}"))?;
+        let audience = match &args.readers {
+            Some(old) => {
+                Audience::from_readers_value(old).map_err(|e| anyhow!("--readers: {e}"))?
+            }
+            None => args
+                .audience
+                .parse()
+                .map_err(|e: String| anyhow!("--for: {e}"))?,
+        };
         let threads = match args.threads {
             Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(n) => n,
@@ -188,7 +206,7 @@ impl Plan {
                 keep_dir: args.keep.clone(),
             },
             max_latency,
-            readers,
+            audience,
             plot: args.plot,
             json: args.json,
             csv: args.csv,
@@ -257,7 +275,7 @@ pub fn run(args: Args) -> Result<()> {
     let result = mkmodule_bench::run(&input, &plan.config, &on_event);
     bar.finish_and_clear();
     let mut report = result?;
-    report.recommend(plan.max_latency, plan.readers);
+    report.recommend(plan.max_latency, plan.audience);
     if let Some(path) = &plan.plot {
         std::fs::write(path, plot::svg(&report))
             .with_context(|| format!("cannot write the plot {}", path.display()))?;
@@ -276,6 +294,7 @@ pub fn run(args: Args) -> Result<()> {
         println!();
         print!("{}", report.table());
         println!();
+        println!("{}", plan.audience.statement());
         println!("{recommendation}");
         if let Some(path) = &plan.plot {
             println!("plot: {}", path.display());
@@ -319,12 +338,12 @@ mod tests {
     }
 
     #[test]
-    fn defaults_sweep_five_sizes_by_seven_codecs() {
+    fn defaults_sweep_five_sizes_by_eight_codecs_for_every_reader() {
         let p = plan(&["in.img"]).unwrap();
-        assert_eq!(p.config.cells.len(), 35);
+        assert_eq!(p.config.cells.len(), 40);
         assert_eq!(p.config.sample, SampleSize::Bytes(256 << 20));
         assert_eq!(p.max_latency, Duration::from_millis(2));
-        assert_eq!(p.readers, ReaderNeed::Any);
+        assert_eq!(p.audience, Audience::Any);
     }
 
     #[test]
@@ -336,6 +355,8 @@ mod tests {
         assert!(err(&["in", "--sample", "0%"]).contains("--sample"));
         assert!(err(&["in", "--max-latency", "soon"]).contains("--max-latency"));
         assert!(err(&["in", "--readers", "windows"]).contains("--readers"));
+        assert!(err(&["in", "--for", "windows"]).contains("--for"));
+        assert!(err(&["in", "--for", "cloop", "--readers", "all"]).contains("--readers"));
         assert!(err(&["in", "-B", ","]).contains("empty"));
         let p = plan(&[
             "in",
@@ -349,5 +370,17 @@ mod tests {
         .unwrap();
         assert_eq!(p.config.cells.len(), 4);
         assert_eq!(p.config.sample, SampleSize::Fraction(0.2));
+    }
+
+    #[test]
+    fn for_names_the_readers_and_readers_keeps_its_old_meaning() {
+        let audience = |argv: &[&str]| plan(argv).unwrap().audience;
+        assert_eq!(audience(&["in", "--for", "cloop"]), Audience::Cloop);
+        assert_eq!(audience(&["in", "--for", "geom_uzip"]), Audience::GeomUzip);
+        assert_eq!(audience(&["in", "--for", "serve"]), Audience::Serve);
+        assert_eq!(audience(&["in", "--readers", "any"]), Audience::Serve);
+        assert_eq!(audience(&["in", "--readers", "all"]), Audience::Any);
+        assert_eq!(audience(&["in", "--readers", "linux"]), Audience::Cloop);
+        assert_eq!(audience(&["in", "--readers", "netbsd"]), Audience::Vnd);
     }
 }

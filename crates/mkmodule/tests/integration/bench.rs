@@ -355,3 +355,100 @@ fn refusals_are_one_sentence() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A sweep where zstd (read by FreeBSD geom_uzip only) is the smallest image: what is
+/// recommended then depends on who will read it. The bound is one no run can miss.
+const AUDIENCE_SWEEP: [&str; 12] = [
+    "-B",
+    "64K",
+    "-c",
+    "zstd:19,lz4,zlib:1",
+    "--reads",
+    "30",
+    "--read-time",
+    "1s",
+    "--max-latency",
+    "100s",
+    "--sample",
+    "100%",
+];
+
+#[test]
+fn for_cloop_recommends_an_image_cloop_ko_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.raw"), filesystem_like(2 << 20)).unwrap();
+    let mut args = vec!["bench", "in.raw", "--for", "cloop", "--keep", "images"];
+    args.extend(AUDIENCE_SWEEP);
+    let mut json_args = args.clone();
+    json_args.extend(["--json", "-q"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(dir.path(), &json_args)).expect("bench --json parses");
+    let pick = &report["recommendation"];
+    assert_eq!(pick["for"], "cloop");
+    let cell = &report["cells"][pick["cell"].as_u64().expect("a pick") as usize];
+    let dialect = cell["dialect"].as_str().unwrap();
+    assert!(
+        ["v2", "v4", "v4-footer"].contains(&dialect),
+        "{dialect}: {pick}"
+    );
+    let readers: Vec<String> = pick["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(readers, readers_of(dialect));
+    assert!(readers.contains(&"Linux cloop.ko".to_string()));
+    // The kept image is what `info` calls it.
+    let image = dir.path().join(cell["image"].as_str().unwrap());
+    let info: serde_json::Value = serde_json::from_str(&ok(
+        dir.path(),
+        &["info", "--json", image.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(info["dialect"], dialect);
+
+    let table = ok(dir.path(), &args);
+    let last = table.lines().last().unwrap();
+    assert!(
+        last.starts_with("recommended: -B 64K -c ") && last.contains("cloop.ko"),
+        "{last}"
+    );
+    assert!(!last.contains("zstd"), "{last}");
+    assert!(
+        table.contains("for Linux cloop.ko (--for cloop)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_default_audience_is_every_reader_and_serve_may_take_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.raw"), filesystem_like(2 << 20)).unwrap();
+    let mut args = vec!["bench", "in.raw"];
+    args.extend(AUDIENCE_SWEEP);
+    let table = ok(dir.path(), &args);
+    let lines: Vec<&str> = table.lines().collect();
+    let (last, statement) = (lines[lines.len() - 1], lines[lines.len() - 2]);
+    assert!(
+        statement.starts_with("recommending for every reader (")
+            && statement.contains("--for serve"),
+        "{table}"
+    );
+    assert!(
+        last.starts_with("recommended: -B 64K -c zlib:1 (v2), readable by Linux cloop.ko, "),
+        "only V2 zlib is read by every reader: {last}"
+    );
+    for reader in readers_of("v2") {
+        assert!(last.contains(&reader), "{reader}: {last}");
+    }
+
+    let mut args = vec!["bench", "in.raw", "--for", "serve", "--json", "-q"];
+    args.extend(AUDIENCE_SWEEP);
+    let report: serde_json::Value = serde_json::from_str(&ok(dir.path(), &args)).unwrap();
+    let pick = &report["recommendation"];
+    assert_eq!(pick["for"], "serve");
+    let cell = &report["cells"][pick["cell"].as_u64().unwrap() as usize];
+    assert_eq!(cell["codec"], "zstd:19", "the smallest image: {pick}");
+    assert_eq!(pick["readers"], serde_json::json!(readers_of("uzip-zstd")));
+}
