@@ -21,7 +21,7 @@ pub use compress::BlockCompressor;
 pub use decompress::{BlockDecompressor, XZ_MEMLIMIT, ZSTD_WINDOW_LOG_MAX};
 pub use error::CodecError;
 pub use mkmodule_format::CodecKind;
-pub use spec::{level_range, CodecSpec, LevelRange};
+pub use spec::{codec_list, codec_syntax, level_range, CodecSpec, LevelRange};
 
 #[cfg(test)]
 mod tests {

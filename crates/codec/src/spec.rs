@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use mkmodule_format::CodecKind;
+use mkmodule_format::{CodecKind, UnknownCodec};
 
 use crate::CodecError;
 
@@ -35,6 +35,31 @@ pub const fn level_range(kind: CodecKind) -> Option<LevelRange> {
     };
     Some(LevelRange { min, max, default })
 }
+
+/// How `kind` is written in a codec spec: its name, followed by `[:MIN-MAX]` when it takes a
+/// level (`zlib[:0-12]`, `lz4`). Help and error texts list codecs this way.
+pub fn codec_syntax(kind: CodecKind) -> String {
+    match level_range(kind) {
+        Some(r) => format!("{}[:{}-{}]", kind.name(), r.min, r.max),
+        None => kind.name().to_string(),
+    }
+}
+
+/// The codecs `kinds` as [`codec_syntax`] writes them, joined as one list
+/// (`zlib[:0-12], xz[:0-9] or lz4`).
+pub fn codec_list(kinds: &[CodecKind]) -> String {
+    mkmodule_format::or_list(kinds.iter().map(|&kind| codec_syntax(kind)))
+}
+
+/// Codecs in the order texts list them: the usual ones first.
+const LISTED_ORDER: [CodecKind; 6] = [
+    CodecKind::Zlib,
+    CodecKind::Zstd,
+    CodecKind::Xz,
+    CodecKind::Lz4,
+    CodecKind::Lzo,
+    CodecKind::None,
+];
 
 /// A codec and the compression level a writer uses with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +121,10 @@ impl FromStr for CodecSpec {
             Some((name, level)) => (name, Some(level)),
             None => (s, None),
         };
-        let kind: CodecKind = name.trim().parse()?;
+        let kind: CodecKind = name
+            .trim()
+            .parse()
+            .map_err(|e: UnknownCodec| e.expecting(codec_list(&LISTED_ORDER)))?;
         match level {
             None => Ok(CodecSpec::with_default_level(kind)),
             Some(text) => {
@@ -204,6 +232,11 @@ mod tests {
             "gzip:9".parse::<CodecSpec>(),
             Err(CodecError::UnknownCodec(_))
         ));
+        assert_eq!(
+            "gzip".parse::<CodecSpec>().unwrap_err().to_string(),
+            "unknown codec \"gzip\": expected zlib[:0-12], zstd[:1-22], xz[:0-9], lz4, \
+             lzo[:1-13] or none"
+        );
         let msg = "zlib:13".parse::<CodecSpec>().unwrap_err().to_string();
         assert_eq!(msg, "zlib level 13 is out of range 0..=12");
     }

@@ -112,10 +112,29 @@ impl fmt::Display for CodecKind {
 
 /// The error for a codec name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown codec {0:?}: expected zlib, zstd, xz, lz4, lzo or none")]
-pub struct UnknownCodec(pub String);
+#[error("unknown codec {name:?}: expected {expected}")]
+pub struct UnknownCodec {
+    /// The name as given.
+    pub name: String,
+    /// What would have been accepted, as a list for the message (e.g. `zlib, xz or none`).
+    pub expected: String,
+}
 
 impl UnknownCodec {
+    /// The error for `name`, expecting any codec of [`CodecKind::ALL`] by name.
+    pub fn new(name: &str) -> UnknownCodec {
+        UnknownCodec {
+            name: name.to_string(),
+            expected: or_list(CodecKind::ALL.iter().map(|codec| codec.name().to_string())),
+        }
+    }
+
+    /// The same error expecting `expected` instead: what a caller that accepts more (levels,
+    /// `best`) or less (only the codecs it writes) tells the user.
+    pub fn expecting(self, expected: String) -> UnknownCodec {
+        UnknownCodec { expected, ..self }
+    }
+
     /// What kind of failure this is: always a bad setting ([`ErrorKind::Config`]).
     ///
     /// [`ErrorKind::Config`]: mkmodule_blockdev::ErrorKind::Config
@@ -131,7 +150,17 @@ impl FromStr for CodecKind {
         CodecKind::ALL
             .into_iter()
             .find(|codec| codec.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownCodec(s.to_string()))
+            .ok_or_else(|| UnknownCodec::new(s))
+    }
+}
+
+/// Joins `items` as an English list: `a`, `a or b`, `a, b or c`.
+pub fn or_list(items: impl IntoIterator<Item = String>) -> String {
+    let mut items: Vec<String> = items.into_iter().collect();
+    match items.pop() {
+        None => String::new(),
+        Some(last) if items.is_empty() => last,
+        Some(last) => format!("{} or {last}", items.join(", ")),
     }
 }
 
@@ -156,7 +185,24 @@ mod tests {
         for codec in CodecKind::ALL {
             assert_eq!(codec.name().parse::<CodecKind>().unwrap(), codec);
         }
-        assert!("gzip".parse::<CodecKind>().is_err());
+        let err = "gzip".parse::<CodecKind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown codec \"gzip\": expected zlib, none, xz, lz4, lzo or zstd"
+        );
+        assert_eq!(
+            err.expecting("zlib or xz".into()).to_string(),
+            "unknown codec \"gzip\": expected zlib or xz"
+        );
+    }
+
+    #[test]
+    fn lists_read_as_english() {
+        let list = |items: &[&str]| or_list(items.iter().map(|s| s.to_string()));
+        assert_eq!(list(&[]), "");
+        assert_eq!(list(&["a"]), "a");
+        assert_eq!(list(&["a", "b"]), "a or b");
+        assert_eq!(list(&["a", "b", "c"]), "a, b or c");
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod profile;
 mod trailer;
 mod writing;
 
-pub use codec_kind::{CodecKind, UnknownCodec};
+pub use codec_kind::{or_list, CodecKind, UnknownCodec};
 pub use content::{identify, Content, IDENTIFY_LEN};
 pub use dialect::{
     Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, WriteRules, Writing,

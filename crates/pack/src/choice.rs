@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use mkmodule_codec::{CodecError, CodecKind, CodecSpec};
-use mkmodule_format::{Dialect, Family, PORTABLE};
+use mkmodule_codec::{codec_syntax, CodecError, CodecKind, CodecSpec};
+use mkmodule_format::{or_list, Dialect, Family, PORTABLE};
 
 use crate::OptionsError;
 
@@ -24,6 +24,34 @@ pub const DEFAULT_ZLIB_LEVEL: i32 = 5;
 /// -o compression_type=zstd` (64 KiB clusters): on the benchmark corpus level 3 is 0.5% (ext4)
 /// and 0.8% (ISO) smaller, level 2 is 1.1% larger (ext4).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// The codecs `--codec` accepts for writing, in the order texts list them. `none` is written as
+/// level-0 zlib; lzo is read only ([`crate::PackOptions::plan`] refuses it).
+pub const ACCEPTED_CODECS: [CodecKind; 5] = [
+    CodecKind::Zlib,
+    CodecKind::Zstd,
+    CodecKind::Xz,
+    CodecKind::Lz4,
+    CodecKind::None,
+];
+
+/// What a codec choice may be, generated from [`ACCEPTED_CODECS`] and each codec's level range:
+/// `zlib[:0-12], zstd[:1-22], xz[:0-9], lz4, none or best (lzo: read only)`. The parse error
+/// of [`CodecChoice`] and the `--codec` help of every command use this one text.
+pub fn codec_choices() -> String {
+    let mut choices: Vec<String> = ACCEPTED_CODECS.iter().map(|&k| codec_syntax(k)).collect();
+    choices.push("best".to_string());
+    let read_only: Vec<&str> = CodecKind::ALL
+        .iter()
+        .filter(|kind| !ACCEPTED_CODECS.contains(kind))
+        .map(|kind| kind.name())
+        .collect();
+    let mut text = or_list(choices);
+    if !read_only.is_empty() {
+        text.push_str(&format!(" ({}: read only)", read_only.join(", ")));
+    }
+    text
+}
 
 /// Which codec the blocks are compressed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +96,26 @@ impl fmt::Display for CodecChoice {
 impl FromStr for CodecChoice {
     type Err = CodecError;
 
-    /// Parses `best`, `codec` (mkmodule's default level) or `codec:level`.
+    /// Parses `best`, `codec` (mkmodule's default level) or `codec:level`. An unknown name is
+    /// answered with [`codec_choices`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("best") {
             return Ok(CodecChoice::Best);
         }
-        if s.contains(':') {
-            return s.parse().map(CodecChoice::Fixed);
-        }
-        let kind: CodecKind = s.parse()?;
-        Ok(CodecChoice::default_for(kind))
+        let parsed = if s.contains(':') {
+            s.parse().map(CodecChoice::Fixed)
+        } else {
+            s.parse::<CodecKind>()
+                .map(CodecChoice::default_for)
+                .map_err(CodecError::from)
+        };
+        parsed.map_err(|error| match error {
+            CodecError::UnknownCodec(unknown) => {
+                CodecError::UnknownCodec(unknown.expecting(codec_choices()))
+            }
+            other => other,
+        })
     }
 }
 
@@ -219,6 +256,23 @@ pub fn choose_dialect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_codecs_are_answered_with_the_accepted_choices() {
+        assert_eq!(
+            codec_choices(),
+            "zlib[:0-12], zstd[:1-22], xz[:0-9], lz4, none or best (lzo: read only)"
+        );
+        for text in ["foo", "foo:3"] {
+            let err = text.parse::<CodecChoice>().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("unknown codec \"foo\": expected {}", codec_choices())
+            );
+        }
+        assert_eq!("best".parse::<CodecChoice>(), Ok(CodecChoice::Best));
+        assert!("zlib:13".parse::<CodecChoice>().is_err());
+    }
 
     fn fixed(text: &str) -> CodecChoice {
         text.parse().unwrap()

@@ -39,8 +39,8 @@ use std::time::Instant;
 use mkmodule_codec::CodecKind;
 
 pub use choice::{
-    choose_dialect, CodecChoice, FormatChoice, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL,
-    WRITTEN_DIALECTS,
+    choose_dialect, codec_choices, CodecChoice, FormatChoice, ACCEPTED_CODECS, DEFAULT_ZLIB_LEVEL,
+    DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 pub use error::{ImagePart, NearestBlockSizes, OptionsError, PackError};
 pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};

@@ -47,9 +47,14 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT")]
     format: Option<FormatChoice>,
 
-    /// Block codec: zlib, xz, lz4, zstd, none, best, or CODEC:LEVEL (default: the image's
-    /// codec at mkmodule's default level).
-    #[arg(short = 'c', long, value_name = "CODEC")]
+    /// Block codec (default: the image's codec at mkmodule's default level).
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "CODEC",
+        help = commit_codec_help(),
+        long_help = commit_codec_help()
+    )]
     codec: Option<CodecChoice>,
 
     /// Uncompressed block size, a multiple of 512 up to 1M (default: the image's).
@@ -90,6 +95,14 @@ fn base_style(found: &Found) -> Option<BaseStyle> {
         }),
         Found::Raw => None,
     }
+}
+
+/// `commit`'s `--codec` help: create's list, and the default.
+fn commit_codec_help() -> String {
+    format!(
+        "{} Default: the image's codec at mkmodule's default level.",
+        super::create::codec_short_help()
+    )
 }
 
 /// The packer's plan: the base's dialect, codec and block size unless told otherwise.

@@ -39,8 +39,15 @@ pub struct Args {
     #[arg(short = 'B', long, value_name = "SIZE", default_value = "64K")]
     pub block_size: String,
 
-    /// Block codec: zlib[:LEVEL], zstd[:LEVEL], xz[:LEVEL], lz4, none or best.
-    #[arg(short, long, value_name = "CODEC", default_value = "zlib", long_help = codec_help())]
+    /// Block codec, one of [`mkmodule_pack::codec_choices`] (the help text says which).
+    #[arg(
+        short,
+        long,
+        value_name = "CODEC",
+        default_value = "zlib",
+        help = codec_short_help(),
+        long_help = codec_help()
+    )]
     pub codec: String,
 
     /// Image format: auto, v2, v4, v4-footer or uzip.
@@ -83,19 +90,34 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The one-line `--codec` help of `create` and `commit`: the list the parse error gives too.
+pub(crate) fn codec_short_help() -> String {
+    format!("Block codec: {}.", mkmodule_pack::codec_choices())
+}
+
 fn codec_help() -> String {
+    use mkmodule_codec::{codec_syntax, level_range, CodecKind};
+    let default_level = |kind| level_range(kind).map_or(0, |r| r.default);
     format!(
-        "Block codec.\n\n\
-         zlib[:0-12]  deflate in a zlib wrapper (libdeflate); default level {DEFAULT_ZLIB_LEVEL}, \
+        "{short}\n\n\
+         {zlib:<12} deflate in a zlib wrapper (libdeflate); default level {DEFAULT_ZLIB_LEVEL}, \
          which is no larger than zlib -9. Every reader decodes it.\n\
-         zstd[:1-22]  default level {DEFAULT_ZSTD_LEVEL}; uzip-zstd only (FreeBSD with ZSTDIO).\n\
-         xz[:0-9]     default level 6; v4 (Linux cloop.ko) or uzip-xz (FreeBSD).\n\
-         lz4          fast; v4 only (Linux cloop.ko).\n\
-         none         blocks stored uncompressed, as level-0 zlib (the one uncompressed \
+         {zstd:<12} default level {DEFAULT_ZSTD_LEVEL}; uzip-zstd only (FreeBSD with ZSTDIO).\n\
+         {xz:<12} default level {xz_default}; v4 (Linux cloop.ko) or uzip-xz (FreeBSD).\n\
+         {lz4:<12} fast; v4 only (Linux cloop.ko).\n\
+         {none:<12} blocks stored uncompressed, as level-0 zlib (the one uncompressed \
          encoding every reader decodes).\n\
          best         per block the smallest result of the codecs the format allows, each at \
          its highest level (v4: zlib, xz and lz4); slow.\n\n\
-         A block that does not shrink is stored as level-0 zlib where the format has zlib."
+         A block that does not shrink is stored as level-0 zlib where the format has zlib. \
+         lzo images are read, not written.",
+        short = codec_short_help(),
+        zlib = codec_syntax(CodecKind::Zlib),
+        zstd = codec_syntax(CodecKind::Zstd),
+        xz = codec_syntax(CodecKind::Xz),
+        xz_default = default_level(CodecKind::Xz),
+        lz4 = codec_syntax(CodecKind::Lz4),
+        none = codec_syntax(CodecKind::None),
     )
 }
 

@@ -5,6 +5,11 @@
 //! ([`crate::output::OutputFile`]) that is synced and renamed over OUT only when everything
 //! succeeded: an error or a signal never leaves a partial OUT behind. Standard output, pipes and
 //! devices get the blocks in order.
+//!
+//! When the image's trailer records the SHA-256 of the original content (docs/FORMAT.md §12),
+//! what is written is hashed on the way out, in order, zero blocks and holes included, and a
+//! mismatch fails with exit status 3 like `verify`: a new OUT is then removed, and a device or
+//! standard output is told that what it received is wrong. `--no-verify` skips the check.
 
 use std::fs::{File, OpenOptions as FileOptions};
 use std::io::{IsTerminal, Write};
@@ -14,8 +19,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use mkmodule_blockdev::is_zero;
+use mkmodule_format::DigestAlgorithm;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
+use sha2::{Digest, Sha256};
 
+use super::{ExitStatus, EXIT_DAMAGED};
 use crate::output::{Destination, OutputFile, Replace};
 use crate::progress::bytes_bar;
 
@@ -45,6 +53,74 @@ pub struct Args {
     /// Show no progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not check what is written against the SHA-256 the trailer records.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// The SHA-256 of the content as it is written, compared at the end with the trailer's.
+struct ContentCheck {
+    hasher: Sha256,
+    expected: Vec<u8>,
+    /// Bytes of the original content not hashed yet (the padding of `--padded` is not hashed).
+    remaining: u64,
+}
+
+impl ContentCheck {
+    /// A check against the trailer's digest, or `None` when there is none to check (no trailer,
+    /// a damaged one, another digest algorithm) or `--no-verify` asked for none.
+    fn for_image(image: &Image, args: &Args) -> Option<ContentCheck> {
+        if args.no_verify || image.original_size().is_none() {
+            return None;
+        }
+        let trailer = image
+            .trailer()
+            .filter(|t| t.digest_algorithm == DigestAlgorithm::Sha256)?;
+        Some(ContentCheck {
+            hasher: Sha256::new(),
+            expected: trailer.digest.to_vec(),
+            remaining: trailer.original_len,
+        })
+    }
+
+    /// Hashes the next `data` written (only as far as the original length reaches).
+    fn update(&mut self, data: &[u8]) {
+        let take = self.remaining.min(data.len() as u64) as usize;
+        self.hasher.update(&data[..take]);
+        self.remaining -= take as u64;
+    }
+
+    /// Hashes the next `len` zero bytes written (a zero block, or a hole), from `zeros`.
+    fn update_zeros(&mut self, zeros: &[u8], mut len: usize) {
+        while len > 0 {
+            let take = len.min(zeros.len());
+            self.update(&zeros[..take]);
+            len -= take;
+        }
+    }
+
+    /// Compares the digest with the trailer's: a mismatch is exit status 3, with both digests
+    /// and `fate`, what became of what was written.
+    fn finish(self, name: &str, fate: &str) -> Result<()> {
+        let actual = self.hasher.finalize();
+        if actual.as_slice() == self.expected.as_slice() {
+            return Ok(());
+        }
+        Err(ExitStatus {
+            code: EXIT_DAMAGED,
+            message: format!(
+                "the image is damaged: the trailer records SHA-256 {}, the extracted content \
+                 has {}; {name} {fate}",
+                hex(&self.expected),
+                hex(&actual)
+            ),
+        }
+        .into())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `mkmodule extract`.
@@ -73,18 +149,23 @@ pub fn run(args: Args) -> Result<()> {
         skip_zero: true,
     };
     let bar = bytes_bar(Some(image.size()), "extracting", args.quiet);
+    let check = ContentCheck::for_image(&image, &args);
     let result = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         if stdout.is_terminal() && !args.force {
             bail!("refusing to write binary data to a terminal: redirect it, or use --force");
         }
-        write_in_order(&image, pass, &mut stdout.lock(), &bar, "standard output")
+        let name = "standard output";
+        write_in_order(&image, pass, &mut stdout.lock(), &bar, name, check)
     } else {
-        extract_to_path(&image, &args, pass, &bar)
+        extract_to_path(&image, &args, pass, &bar, check)
     };
     bar.finish_and_clear();
     result.with_context(|| format!("extracting {}", args.image.display()))
 }
+
+/// What became of in-place output whose content does not match the trailer's digest.
+const WRONG_IN_PLACE: &str = "received the wrong content";
 
 /// Writes to OUT: a new regular file through a temporary file, or an existing device in place.
 fn extract_to_path(
@@ -92,6 +173,7 @@ fn extract_to_path(
     args: &Args,
     pass: ParallelOptions,
     bar: &ProgressBar,
+    check: Option<ContentCheck>,
 ) -> Result<()> {
     let out = &args.output;
     match Destination::of(out) {
@@ -106,10 +188,7 @@ fn extract_to_path(
                 .open(out)
                 .with_context(|| format!("opening {}", out.display()))?;
             let name = out.display().to_string();
-            write_in_order(image, pass, &mut file, bar, &name)?;
-            return file
-                .flush()
-                .with_context(|| format!("writing {}", out.display()));
+            return write_in_order(image, pass, &mut file, bar, &name, check);
         }
         Destination::Missing | Destination::RegularFile => {}
     }
@@ -120,13 +199,41 @@ fn extract_to_path(
     };
     let temp = OutputFile::create(out, replace)?;
     let name = out.display().to_string();
-    write_at_offsets(image, pass, temp.file(), !args.no_sparse, bar, &name)?;
+    let check = write_at_offsets(image, pass, temp.file(), !args.no_sparse, bar, &name, check)?;
+    if let Some(check) = check {
+        // Dropping the uncommitted temporary file removes it.
+        check.finish(&name, "was not written (the partial output was removed)")?;
+    }
     temp.commit(&name)
 }
 
+/// What one block contributes to the output.
+enum Piece<'a> {
+    /// Decoded bytes, cut to the output's length.
+    Data(&'a [u8]),
+    /// A known-zero block: this many zero bytes.
+    Zeros(usize),
+}
+
+/// The offset and [`Piece`] block `block` contributes to the output, `None` past its end.
+fn block_bytes<'a>(image: &Image, block: u32, decoded: Decoded<'a>) -> Option<(u64, Piece<'a>)> {
+    let size = image.size();
+    let bs = u64::from(image.block_size());
+    let at = u64::from(block) * bs;
+    if at >= size {
+        return None;
+    }
+    let take = (size - at).min(bs) as usize;
+    Some(match decoded {
+        Decoded::Zero => (at, Piece::Zeros(take)),
+        Decoded::Data(data) => (at, Piece::Data(&data[..take])),
+    })
+}
+
 /// Decodes on all threads and writes each block at its offset; zero blocks become holes when
-/// `sparse`. The file ends up exactly `image.size()` bytes long. Errors name the block that failed to decode, or `name` and the
-/// byte offset of a failed write.
+/// `sparse`. The file ends up exactly `image.size()` bytes long. With a `check`, blocks are
+/// written in order and hashed as they are, and the check is handed back to be finished.
+/// Errors name the block that failed to decode, or `name` and the byte offset of a failed write.
 fn write_at_offsets(
     image: &Image,
     pass: ParallelOptions,
@@ -134,68 +241,81 @@ fn write_at_offsets(
     sparse: bool,
     bar: &ProgressBar,
     name: &str,
-) -> Result<()> {
+    mut check: Option<ContentCheck>,
+) -> Result<Option<ContentCheck>> {
     let size = image.size();
-    let bs = u64::from(image.block_size());
-    let zeros = if sparse {
-        Vec::new()
-    } else {
-        vec![0u8; bs as usize]
-    };
+    let zeros = vec![0u8; image.block_size() as usize];
     let pass = ParallelOptions {
         skip_zero: sparse,
         ..pass
     };
-    image.par_blocks(pass, |block, decoded| -> Result<()> {
-        let at = u64::from(block) * bs;
-        if at >= size {
-            return Ok(());
-        }
-        let take = (size - at).min(bs) as usize;
-        let data = match decoded? {
-            Decoded::Zero if sparse => None,
-            Decoded::Zero => Some(&zeros[..take]),
-            Decoded::Data(data) if sparse && is_zero(&data[..take]) => None,
-            Decoded::Data(data) => Some(&data[..take]),
+    let write =
+        |block: u32, decoded: Decoded<'_>, check: Option<&mut ContentCheck>| -> Result<()> {
+            let Some((at, bytes)) = block_bytes(image, block, decoded) else {
+                return Ok(());
+            };
+            let (data, len) = match bytes {
+                Piece::Data(data) if sparse && is_zero(data) => (None, data.len()),
+                Piece::Data(data) => (Some(data), data.len()),
+                Piece::Zeros(len) if sparse => (None, len),
+                Piece::Zeros(len) => (Some(&zeros[..len]), len),
+            };
+            if let Some(check) = check {
+                match data {
+                    Some(data) => check.update(data),
+                    None => check.update_zeros(&zeros, len),
+                }
+            }
+            if let Some(data) = data {
+                file.write_all_at(data, at)
+                    .with_context(|| format!("writing {name} at byte {at}"))?;
+            }
+            bar.inc(len as u64);
+            Ok(())
         };
-        if let Some(data) = data {
-            file.write_all_at(data, at)
-                .with_context(|| format!("writing {name} at byte {at}"))?;
-        }
-        bar.inc(take as u64);
-        Ok(())
-    })?;
+    match check.as_mut() {
+        // The digest needs the content in order: the sink runs on this thread, in block order,
+        // while the blocks are decoded on the others.
+        Some(check) => image.par_blocks_ordered(pass, |block, decoded| {
+            write(block, decoded?, Some(&mut *check))
+        })?,
+        None => image.par_blocks(pass, |block, decoded| write(block, decoded?, None))?,
+    }
     file.set_len(size)
         .with_context(|| format!("setting the length of {name} to {size} bytes"))?;
-    Ok(())
+    Ok(check)
 }
 
-/// Decodes on all threads and writes the blocks in order to `out`.
+/// Decodes on all threads and writes the blocks in order to `out`, then checks the content
+/// against the trailer's digest when there is a `check`.
 fn write_in_order(
     image: &Image,
     pass: ParallelOptions,
     out: &mut impl Write,
     bar: &ProgressBar,
     name: &str,
+    mut check: Option<ContentCheck>,
 ) -> Result<()> {
-    let size = image.size();
-    let bs = u64::from(image.block_size());
-    let zeros = vec![0u8; bs as usize];
+    let zeros = vec![0u8; image.block_size() as usize];
     image.par_blocks_ordered(pass, |block, decoded| -> Result<()> {
-        let at = u64::from(block) * bs;
-        if at >= size {
+        let Some((at, bytes)) = block_bytes(image, block, decoded?) else {
             return Ok(());
-        }
-        let take = (size - at).min(bs) as usize;
-        let data = match decoded? {
-            Decoded::Zero => &zeros[..take],
-            Decoded::Data(data) => &data[..take],
         };
+        let data = match bytes {
+            Piece::Data(data) => data,
+            Piece::Zeros(len) => &zeros[..len],
+        };
+        if let Some(check) = check.as_mut() {
+            check.update(data);
+        }
         out.write_all(data)
             .with_context(|| format!("writing {name} at byte {at}"))?;
-        bar.inc(take as u64);
+        bar.inc(data.len() as u64);
         Ok(())
     })?;
     out.flush().with_context(|| format!("writing {name}"))?;
-    Ok(())
+    match check {
+        Some(check) => check.finish(name, WRONG_IN_PLACE),
+        None => Ok(()),
+    }
 }

@@ -172,3 +172,53 @@ fn sigterm_removes_the_partial_image() {
 fn sigint_removes_the_partial_image() {
     stopped_by("-INT", 130);
 }
+
+/// `text` with every run of white space made one space (help text is wrapped to the terminal).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn an_unknown_codec_is_answered_with_the_list_the_help_gives() {
+    let dir = tempdir();
+    put(dir.path(), "in.img", &text(10_000));
+    let commands: [&[&str]; 2] = [
+        &["create", "in.img", "-o", "out.img"],
+        &["commit", "in.img", "-o", "out.img"],
+    ];
+    let mut lists = Vec::new();
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--codec", "foo"]);
+        let out = run_in(dir.path(), &args, None);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let error = one_line(&String::from_utf8_lossy(&out.stderr));
+        let (_, after) = error
+            .split_once("unknown codec \"foo\": expected ")
+            .unwrap_or_else(|| panic!("{error}"));
+        // The list ends the sentence; clap's error adds its own advice after a blank line.
+        let list = after
+            .split(" For more information")
+            .next()
+            .unwrap()
+            .to_string();
+        for name in ["zlib", "zstd", "xz", "lz4", "none", "best"] {
+            assert!(list.contains(name), "{name} missing from {list:?}");
+        }
+        assert!(list.contains("lzo: read only"), "{list}");
+        for help in ["-h", "--help"] {
+            let text = run_in(dir.path(), &[command[0], help], None);
+            let text = one_line(&String::from_utf8_lossy(&text.stdout));
+            assert!(
+                text.contains(&format!("Block codec: {list}")),
+                "{} {help} does not give {list:?}: {text}",
+                command[0]
+            );
+        }
+        lists.push(list);
+    }
+    assert_eq!(
+        lists[0], lists[1],
+        "create and commit accept the same codecs"
+    );
+}

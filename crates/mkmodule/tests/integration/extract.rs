@@ -1,6 +1,6 @@
 //! `mkmodule extract`: fixtures to their raw SHA-256 (file and stdout), exact original length,
 //! sparse output, careful replacement of OUT, and agreement with qemu-img and
-//! extract_compressed_fs.
+//! extract_compressed_fs; the trailer's digest checked on the way out.
 
 use crate::common_read;
 
@@ -224,6 +224,77 @@ fn qemu_img_and_extract_compressed_fs_agree_with_us() {
                 "{}: extract_compressed_fs differs",
                 fixture.name
             );
+        }
+    }
+}
+
+/// Temporary files and outputs left in `dir` besides `keep`.
+fn leftovers(dir: &std::path::Path, keep: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != keep)
+        .collect()
+}
+
+#[test]
+fn an_index_with_overlapping_entries_fails_the_trailer_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(8, 4096, 0);
+    let spec = Spec {
+        trailer: true,
+        ..Spec::new(Dialect::UzipZlibDedup, 4096)
+    };
+    let mut built = build(&data, &spec);
+    // Entry 4 made to point at block 2: it parses as a back-reference and decodes block 2's
+    // bytes where block 4's belong.
+    let block_2 = built.index().blocks()[2].offset;
+    built.set_index_word(4, block_2);
+    let image = write(dir.path(), "edited.uzip", &built.image);
+    let expected = sha256_hex(&data);
+
+    let out = dir.path().join("out.raw");
+    let (code, _, stderr) = fails(&["extract", &image, "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("the image is damaged"), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists(), "the wrong output was kept");
+    assert!(leftovers(dir.path(), "edited.uzip").is_empty());
+
+    let piped = run(&["extract", &image, "-o", "-"]);
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(piped.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("standard output received the wrong content"),
+        "{stderr}"
+    );
+
+    ok(&[
+        "extract",
+        &image,
+        "-o",
+        out.to_str().unwrap(),
+        "--no-verify",
+    ]);
+    assert!(std::fs::read(&out).unwrap() != data);
+}
+
+#[test]
+fn sparse_extraction_hashes_the_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Zero blocks as holes in the output must still count as zeros in the digest.
+    let data = sample(21, 4096, 100);
+    for dialect in [Dialect::LinuxV2, Dialect::UzipZlib] {
+        let spec = Spec {
+            trailer: true,
+            ..Spec::new(dialect, 4096)
+        };
+        let image = write(dir.path(), "img", &build(&data, &spec).image);
+        for mode in ["--sparse", "--no-sparse"] {
+            let out = dir.path().join(format!("{}{mode}", dialect.name()));
+            ok(&["extract", &image, "-o", out.to_str().unwrap(), mode]);
+            assert!(std::fs::read(&out).unwrap() == data, "{dialect:?} {mode}");
         }
     }
 }

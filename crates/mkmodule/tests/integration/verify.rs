@@ -145,3 +145,74 @@ fn a_bad_block_in_an_image_with_a_digest_leaves_the_digest_unchecked() {
     assert_eq!(report["digest"]["status"], "not checked");
     assert!(report["digest"]["actual"].is_null());
 }
+
+/// A uzip image of `blocks` zero-length blocks of `block_size` bytes: the header, an index whose
+/// entries all point at its own end, and (with `trailer_len`) a trailer claiming that many bytes
+/// of content. The file is a few hundred KiB; the device it claims is `blocks × block_size`.
+fn zero_length_claim(block_size: u32, blocks: u32, trailer_len: Option<u64>) -> Vec<u8> {
+    let template = build(&[0u8; 4096], &Spec::new(Dialect::UzipZlib, 4096)).image;
+    let mut image = template[..128].to_vec();
+    image.extend_from_slice(&block_size.to_be_bytes());
+    image.extend_from_slice(&blocks.to_be_bytes());
+    let data_end = 136 + 8 * (u64::from(blocks) + 1);
+    for _ in 0..=blocks {
+        image.extend_from_slice(&data_end.to_be_bytes());
+    }
+    if let Some(original_len) = trailer_len {
+        let padding = (512 - (data_end as usize + 136) % 512) % 512;
+        image.resize(image.len() + padding, 0);
+        let trailer = Trailer {
+            original_len,
+            digest_algorithm: DigestAlgorithm::Sha256,
+            digest: vec![0x5a; 32],
+            data_end,
+            tool: "mkmodule tests".into(),
+        };
+        image.extend_from_slice(&trailer.encode());
+    }
+    image
+}
+
+#[test]
+fn terabytes_of_zero_length_blocks_are_bounded_by_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // 65536 blocks of 64 MiB: a 4 TiB device in a file of 512 KiB.
+    let (block_size, blocks) = (64 << 20, 65536);
+    let claimed = u64::from(block_size) * u64::from(blocks);
+    let started = std::time::Instant::now();
+
+    // With a digest to check, the 4 TiB would all be hashed: refused at once, with the numbers.
+    let image = write(
+        dir.path(),
+        "claims.uzip",
+        &zero_length_claim(block_size, blocks, Some(claimed)),
+    );
+    let (code, _, stderr) = fails(&["verify", &image]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for needle in [
+        "hashing 4.0 TiB (4398046511104 bytes) for the trailer's SHA-256",
+        "more than --max-size 2.0 TiB",
+        "65536 blocks of 67108864 bytes (65536 of them zero)",
+        "--max-size to check it anyway",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    // A smaller claim under a smaller limit is refused the same way.
+    let (_, _, stderr) = fails(&["verify", &image, "--max-size", "1G"]);
+    assert!(stderr.contains("more than --max-size 1.0 GiB"), "{stderr}");
+
+    // Without a digest, zero-length blocks are known zero: nothing to decode, done at once.
+    let image = write(
+        dir.path(),
+        "zeros.uzip",
+        &zero_length_claim(block_size, blocks, None),
+    );
+    let text = ok(&["verify", &image, "-q"]);
+    assert!(text.contains("65536 blocks, 0 bad: ok"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
