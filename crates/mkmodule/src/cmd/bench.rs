@@ -30,10 +30,14 @@ pub struct Args {
     #[arg(short = 'B', long = "block-sizes", value_name = "LIST", default_value = DEFAULT_BLOCK_SIZES)]
     pub block_sizes: String,
 
-    /// Codecs to sweep, comma separated, as `create -c` takes them (zlib:9, zstd:19, xz:6,
-    /// lz4, ...). Each is written in the format `create --format auto` picks for it. The
-    /// defaults include zlib:5, what `create` writes when given no -c.
-    #[arg(short = 'c', long = "codecs", value_name = "LIST", default_value = DEFAULT_CODECS)]
+    /// Codecs to sweep, comma separated, as `create -c` takes them.
+    #[arg(
+        short = 'c',
+        long = "codecs",
+        value_name = "LIST",
+        default_value = DEFAULT_CODECS,
+        help = codecs_help()
+    )]
     pub codecs: String,
 
     /// Compress only a sample of the input: a share (`20%`) or a size (`512M`), taken as
@@ -92,6 +96,16 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// The `--codecs` help, with the codec list `create` itself gives.
+fn codecs_help() -> String {
+    format!(
+        "Codecs to sweep, comma separated, each as `create -c` takes it: {}. Each is written in \
+         the format `create --format auto` picks for it. The defaults include zlib:5, what \
+         `create` writes when given no -c.",
+        mkmodule_pack::codec_choices()
+    )
 }
 
 fn after_help() -> &'static str {

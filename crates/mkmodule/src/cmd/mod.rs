@@ -31,7 +31,8 @@ impl std::fmt::Display for ExitStatus {
 
 impl std::error::Error for ExitStatus {}
 
-/// Exit status 3: the command ran but found damaged data (verify).
+/// Exit status 3: the command ran but found damaged data (verify, and extract when the trailer
+/// digest does not match).
 pub const EXIT_DAMAGED: u8 = 3;
 
 /// The exit status for an error: its own when it carries one, else 1.
