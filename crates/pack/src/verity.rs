@@ -61,6 +61,9 @@ pub enum VerityError {
     /// There was no data block to hash.
     #[error("a dm-verity hash tree needs at least one data block")]
     NoData,
+    /// A hash file's superblock is not one this module writes.
+    #[error("not a dm-verity hash file of the kind mkmodule writes: {0}")]
+    Superblock(&'static str),
     /// Reading or writing the spill file or the hash file failed.
     #[error("cannot write the dm-verity hash tree")]
     Io(#[source] io::Error),
@@ -73,6 +76,7 @@ impl VerityError {
             VerityError::SaltTooLong { .. }
             | VerityError::BlockSize { .. }
             | VerityError::NoData => ErrorKind::Config,
+            VerityError::Superblock(_) => ErrorKind::Corrupt,
             VerityError::Io(_) => ErrorKind::Io,
         }
     }
@@ -151,6 +155,46 @@ impl<S: Read + Write + Seek> DigestSink for HashTreeBuilder<S> {
     fn push_digests(&mut self, digests: &[VerityDigest]) {
         HashTreeBuilder::push_digests(self, digests);
     }
+}
+
+/// Hash blocks per level for `data_blocks` data blocks, level 0 first (none for one block).
+pub fn tree_levels(data_blocks: u64) -> Vec<u64> {
+    let mut levels = Vec::new();
+    let mut below = data_blocks;
+    while below > 1 {
+        below = below.div_ceil(HASHES_PER_BLOCK);
+        levels.push(below);
+    }
+    levels
+}
+
+/// Reads a superblock as [`HashTreeBuilder::finish`] writes it: the parameters and the number
+/// of data blocks.
+pub fn parse_superblock(bytes: &[u8]) -> Result<(VerityParams, u64), VerityError> {
+    let bad = VerityError::Superblock;
+    if bytes.len() < SUPERBLOCK_LEN || &bytes[0..8] != b"verity\0\0" {
+        return Err(bad("no \"verity\" signature"));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(8) != 1 || u32_at(12) != 1 {
+        return Err(bad("only superblock version 1 with hash type 1 is read"));
+    }
+    let algorithm = &bytes[32..64];
+    let name_len = algorithm.iter().position(|&b| b == 0).unwrap_or(32);
+    if &algorithm[..name_len] != VERITY_HASH_ALGORITHM.as_bytes() {
+        return Err(bad("only sha256 is read"));
+    }
+    if u32_at(64) != VERITY_BLOCK_SIZE || u32_at(68) != VERITY_BLOCK_SIZE {
+        return Err(bad("only 4096-byte data and hash blocks are read"));
+    }
+    let data_blocks = u64::from_le_bytes(bytes[72..80].try_into().expect("8 bytes"));
+    let salt_len = usize::from(u16::from_le_bytes([bytes[80], bytes[81]]));
+    if salt_len > MAX_SALT_LEN {
+        return Err(bad("the salt length is larger than 256"));
+    }
+    let uuid: [u8; 16] = bytes[16..32].try_into().expect("16 bytes");
+    let params = VerityParams::new(bytes[88..88 + salt_len].to_vec(), uuid)?;
+    Ok((params, data_blocks))
 }
 
 /// The finished tree.
@@ -458,6 +502,24 @@ mod tests {
             out,
             [block_digest(b"s", &padded), block_digest(b"s", &[0; BLOCK])]
         );
+    }
+
+    #[test]
+    fn superblocks_read_back_and_levels_count() {
+        let (_, file) = tree(b"abc", &pattern(2 * BLOCK));
+        let (params, blocks) = parse_superblock(&file).unwrap();
+        assert_eq!(
+            (params.salt(), params.uuid(), blocks),
+            (&b"abc"[..], &UUID, 2)
+        );
+        assert!(matches!(
+            parse_superblock(&[0; 512]),
+            Err(VerityError::Superblock(_))
+        ));
+        assert_eq!(tree_levels(1), Vec::<u64>::new());
+        assert_eq!(tree_levels(128), [1]);
+        assert_eq!(tree_levels(129), [2, 1]);
+        assert_eq!(tree_levels(128 * 128 + 1), [129, 2, 1]);
     }
 
     #[test]

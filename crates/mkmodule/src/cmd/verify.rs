@@ -12,6 +12,8 @@ use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+mod verity;
+
 use super::{ExitStatus, EXIT_DAMAGED};
 use crate::progress::bytes_bar;
 
@@ -29,6 +31,10 @@ pub struct Args {
     /// Show no progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also recompute the dm-verity hash tree of the image's device and compare it with
+    /// IMAGE.verity (written by `create --verity`), naming the first bad data block.
+    #[arg(long)]
+    pub verity: bool,
 }
 
 /// What verify found; the JSON output is this structure.
@@ -43,6 +49,8 @@ struct Report {
     bad_blocks: Vec<BadBlock>,
     digest: Option<DigestReport>,
     trailer_problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity: Option<verity::VerityReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         bad_blocks: Vec::new(),
         digest: None,
         trailer_problem: None,
+        verity: None,
     };
     let options = OpenOptions {
         cache_bytes: 0,
@@ -80,7 +89,13 @@ pub fn run(args: Args) -> Result<()> {
         ..OpenOptions::default()
     };
     match Image::open_with(&args.image, &options) {
-        Ok(image) => check(&image, &args, &mut report),
+        Ok(image) => {
+            check(&image, &args, &mut report);
+            if args.verity {
+                let threads = args.threads.unwrap_or(0);
+                report.verity = Some(verity::check(&image, &args.image, threads));
+            }
+        }
         Err(error) if error.kind() == ErrorKind::Corrupt => report.error = Some(chain_text(&error)),
         Err(error) => {
             return Err(
@@ -92,6 +107,9 @@ pub fn run(args: Args) -> Result<()> {
         && report.bad_blocks.is_empty()
         && report.trailer_problem.is_none()
         && report.digest.as_ref().is_none_or(|d| d.status == "ok");
+    let verity_problem = report.verity.as_ref().and_then(|v| v.problem.clone());
+    let damaged_before_verity = !report.ok;
+    report.ok &= verity_problem.is_none();
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -99,12 +117,22 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out)?;
     } else {
         print_text(&mut out, &report)?;
+        if let Some(v) = &report.verity {
+            let root = v.root_hash.as_deref().unwrap_or("-");
+            match &v.problem {
+                None => writeln!(out, "verity: {} ok, root hash {root}", v.hash_file)?,
+                Some(problem) => writeln!(out, "verity: MISMATCH: {problem}")?,
+            }
+        }
     }
     out.flush()?;
     if report.ok {
         return Ok(());
     }
-    let what = damage_summary(&report);
+    let what = match verity_problem {
+        Some(problem) if !damaged_before_verity => problem,
+        _ => damage_summary(&report),
+    };
     Err(ExitStatus {
         code: EXIT_DAMAGED,
         message: format!("{} is damaged: {what}", args.image.display()),
@@ -284,6 +312,7 @@ mod tests {
                 .collect(),
             digest: None,
             trailer_problem: trailer.map(String::from),
+            verity: None,
         }
     }
 

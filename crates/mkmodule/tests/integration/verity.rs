@@ -197,3 +197,33 @@ fn refusals_are_one_sentence() {
     assert!(!d.join("image").exists());
     assert_eq!(std::fs::read(d.join("image.verity")).unwrap(), b"keep");
 }
+
+#[test]
+fn verify_recomputes_the_tree_and_names_the_first_bad_data_block() {
+    let dir = tempdir();
+    let d = dir.path();
+    put(d, "input", &mixed(5 << 20));
+    let created = create(d, "input", "image", SALT, &[]);
+    let out = ok(d, &["verify", "--verity", "image", "-q"], None);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains(&format!(
+            "verity: image.verity ok, root hash {}",
+            created.root_hash
+        )),
+        "{text}"
+    );
+
+    // 1280 data blocks: level 0 is 10 hash blocks after the superblock and one level-1 block.
+    let mut hashes = std::fs::read(d.join("image.verity")).unwrap();
+    assert_eq!(hashes.len(), 12 * 4096);
+    hashes[2 * 4096 + 700 * 32 + 3] ^= 1;
+    hashes[2 * 4096 + 900 * 32] ^= 1;
+    std::fs::write(d.join("image.verity"), &hashes).unwrap();
+    let err = fails(d, &["verify", "--verity", "image", "-q", "--json"], None);
+    assert_eq!(
+        err,
+        "mkmodule: image is damaged: data block 700 (device offset 2867200, image block 43) does \
+         not match its hash in image.verity"
+    );
+}
