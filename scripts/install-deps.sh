@@ -14,6 +14,7 @@ packages=(
     e2fsprogs        # mkfs.ext4, e2fsck, debugfs for filesystem test images
     systemd          # systemd-socket-activate, systemd-analyze: socket activation tests
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
+    cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
 )
 missing=()
 for p in "${packages[@]}"; do

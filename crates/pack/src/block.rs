@@ -14,6 +14,8 @@ pub(crate) struct Slot {
     pub input: Vec<u8>,
     /// Compressed bytes.
     pub output: Vec<u8>,
+    /// The dm-verity hashes of the block's 4096-byte pieces (only with a hash tree).
+    pub leaves: Vec<crate::verity::VerityDigest>,
 }
 
 /// What a compressor made of a block.

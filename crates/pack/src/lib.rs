@@ -31,9 +31,10 @@ mod options;
 mod pipeline;
 mod sink;
 mod summary;
+pub mod verity;
 mod writer;
 
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 use std::time::Instant;
 
 use mkmodule_codec::CodecKind;
@@ -47,6 +48,7 @@ pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
 pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
 pub use summary::{PackSummary, ProgressEvent};
 
+use verity::{check_verity_block_size, HashTreeBuilder};
 use writer::ImageBuilder;
 
 /// Packs `input` into an image in `sink` according to `options`, reporting progress.
@@ -73,10 +75,46 @@ pub fn pack_with_plan<R: Read + Send>(
     plan: &Plan,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
+    pack_image(input, sink, plan, None, progress)
+}
+
+/// Packs like [`pack_with_plan`] and feeds every uncompressed byte the image exposes (the
+/// padded device: blocks x block size) to `tree`, whose hashes the compressor threads compute.
+/// The plan's block size must be a multiple of 4096 ([`check_verity_block_size`]); the caller
+/// finishes the tree with [`HashTreeBuilder::finish`].
+pub fn pack_with_verity<R: Read + Send, S: Read + Write + Seek>(
+    input: R,
+    sink: Sink<'_>,
+    plan: &Plan,
+    tree: &mut HashTreeBuilder<S>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
+    if check_verity_block_size(plan.block_size).is_err() {
+        return Err(PackError::Internal(
+            "a dm-verity tree needs a block size that is a multiple of 4096",
+        ));
+    }
+    let plan = Plan {
+        verity_salt: Some(tree.params().salt().to_vec()),
+        ..plan.clone()
+    };
+    pack_image(input, sink, &plan, Some(tree), progress)
+}
+
+fn pack_image<R: Read + Send>(
+    input: R,
+    sink: Sink<'_>,
+    plan: &Plan,
+    verity: Option<&mut dyn verity::DigestSink>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
     let started = Instant::now();
     sink.kind().check(plan)?;
     let zero = block::zero_block(plan)?;
     let mut builder = ImageBuilder::new(plan, zero);
+    if let Some(tree) = verity {
+        builder = builder.with_verity(tree);
+    }
     let (stats, data_end, image_len) =
         sink::write_image(input, sink, plan, &mut builder, progress)?;
     let counts = builder.counts();

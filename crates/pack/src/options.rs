@@ -123,6 +123,7 @@ impl PackOptions {
             max_blocks,
             limit_reason,
             tool: self.tool.clone(),
+            verity_salt: None,
         }
         .with_input_len(self.input_len)
     }
@@ -198,6 +199,9 @@ pub struct Plan {
     pub limit_reason: &'static str,
     /// Tool text for the trailer.
     pub tool: String,
+    /// The dm-verity salt when the compressors hash the data for a hash tree (set by
+    /// [`crate::pack_with_verity`]).
+    pub verity_salt: Option<Vec<u8>>,
 }
 
 impl Plan {

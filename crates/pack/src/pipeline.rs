@@ -27,6 +27,7 @@ use crate::block::{dedup_key, Done, Encoded, Slot};
 use crate::encode::BlockEncoder;
 use crate::error::PackError;
 use crate::options::Plan;
+use crate::verity::leaf_digests;
 
 /// A block to compress.
 #[derive(Debug)]
@@ -65,6 +66,7 @@ where
         let slot = Slot {
             input: vec![0; bs],
             output: Vec::new(),
+            leaves: Vec::new(),
         };
         pool_tx
             .send(slot)
@@ -290,6 +292,10 @@ fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, P
             mut slot,
         } = job;
         let data = &slot.input[..data_len];
+        if let Some(salt) = &plan.verity_salt {
+            slot.leaves.clear();
+            leaf_digests(salt, data, bs, &mut slot.leaves);
+        }
         let result = if is_zero(data) && (data_len == bs || plan.zero_length) {
             Ok(Done {
                 block,

@@ -11,6 +11,7 @@ use crate::block::{DedupKey, Done, Encoded, ZeroBlock};
 use crate::encode::Encoding;
 use crate::error::{ImagePart, PackError};
 use crate::options::Plan;
+use crate::verity::DigestSink;
 
 /// Counts for the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub(crate) struct ImageBuilder<'p> {
     last_normal: Option<u64>,
     seen: HashMap<DedupKey, u64>,
     counts: Counts,
+    /// Receives each block's dm-verity hashes, in order (only with a hash tree).
+    verity: Option<&'p mut dyn DigestSink>,
 }
 
 fn codec_code(kind: CodecKind) -> u64 {
@@ -59,6 +62,15 @@ impl<'p> ImageBuilder<'p> {
             last_normal: None,
             seen: HashMap::new(),
             counts: Counts::default(),
+            verity: None,
+        }
+    }
+
+    /// Hands every block's dm-verity hashes to `sink` as the block is placed.
+    pub fn with_verity(self, sink: &'p mut dyn DigestSink) -> ImageBuilder<'p> {
+        ImageBuilder {
+            verity: Some(sink),
+            ..self
         }
     }
 
@@ -87,6 +99,9 @@ impl<'p> ImageBuilder<'p> {
     ) -> Result<(), PackError> {
         self.counts.blocks += 1;
         self.counts.input_bytes += done.real_len as u64;
+        if let Some(sink) = self.verity.as_mut() {
+            sink.push_digests(&done.slot.leaves);
+        }
         match done.encoded {
             Encoded::Zero if self.plan.zero_length => {
                 self.counts.zero_blocks += 1;

@@ -28,6 +28,7 @@ pub fn debian_package(tool: &str) -> &'static str {
         "python3" => "python3",
         "cpio" => "cpio",
         "kill" => "procps",
+        "veritysetup" => "cryptsetup-bin",
         _ => "the package that provides it",
     }
 }

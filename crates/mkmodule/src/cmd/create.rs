@@ -13,11 +13,14 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use mkmodule_pack::verity::{HashTreeBuilder, VerityTree};
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack_with_plan, CodecChoice, FormatChoice, OutputKind,
-    PackError, PackOptions, PackSummary, Plan, ProgressEvent, Sink, SinkKind, DEFAULT_ZLIB_LEVEL,
-    DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
+    check_block_size, choose_dialect, pack_with_plan, pack_with_verity, CodecChoice, FormatChoice,
+    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Sink, SinkKind,
+    DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
+
+mod verity;
 
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
 use crate::progress::bytes_bar;
@@ -88,6 +91,19 @@ pub struct Args {
     /// standard output).
     #[arg(long)]
     pub json: bool,
+
+    /// Also write a dm-verity hash tree over the image's device (blocks x block size) to
+    /// OUT.verity, as `veritysetup format` would, and report its root hash.
+    #[arg(long)]
+    pub verity: bool,
+
+    /// The dm-verity salt in hexadecimal (`-` for none; default: 32 random bytes).
+    #[arg(long, value_name = "HEX", requires = "verity")]
+    pub verity_salt: Option<String>,
+
+    /// The UUID in the hash file's superblock (default: random).
+    #[arg(long, value_name = "UUID", requires = "verity")]
+    pub verity_uuid: Option<String>,
 }
 
 /// The one-line `--codec` help of `create` and `commit`: the list the parse error gives too.
@@ -193,6 +209,8 @@ struct Job {
     force: bool,
     quiet: bool,
     json: bool,
+    /// The dm-verity tree's parameters (`--verity`).
+    verity: Option<mkmodule_pack::verity::VerityParams>,
 }
 
 impl Job {
@@ -236,6 +254,18 @@ impl Job {
         };
         // Everything the packer would refuse, refused now.
         let plan = options.plan()?;
+        if args.verity && matches!(output, OutputSpec::Stdout) {
+            bail!(
+                "--verity needs an output file: the hash tree is written beside it as OUT.verity"
+            );
+        }
+        let verity = args
+            .verity
+            .then(|| {
+                let (salt, uuid) = (args.verity_salt.as_deref(), args.verity_uuid.as_deref());
+                verity::params(salt, uuid, block_size)
+            })
+            .transpose()?;
         Ok(Job {
             input,
             output,
@@ -245,6 +275,7 @@ impl Job {
             force: args.force,
             quiet: args.quiet,
             json: args.json,
+            verity,
         })
     }
 }
@@ -326,20 +357,23 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 /// Writes to an output we do not own (standard output, an existing device): in place when it
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
 fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
+    if job.verity.is_some() {
+        bail!("--verity needs a regular output file, not {name}: the hash tree goes beside it");
+    }
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
     let kind = in_place_kind(&mut out);
     let sink = match SinkKind::choose(&job.plan, kind, name)? {
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
     };
-    match run_pack(job, input, sink, name) {
+    match run_pack(job, input, sink, name, None) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
                     .with_context(|| format!("cannot set the length of {name}"))?;
             }
             out.flush().ok();
-            report(job, &summary, name)
+            report(job, &summary, name, None)
         }
         Err(error) => {
             if regular {
@@ -384,8 +418,17 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
     } else {
         Replace::Never
     };
+    let hash_path = verity::sidecar_path(path);
+    let mut sidecar = match job.verity {
+        Some(_) => Some(verity::create_sidecar(&hash_path, job.force)?),
+        None => None,
+    };
     let mut temp = OutputFile::create(path, replace)?;
     let name = path.display().to_string();
+    let mut tree = match &job.verity {
+        Some(params) => Some(verity::builder(params.clone(), temp.dir())?),
+        None => None,
+    };
     let sink_kind = SinkKind::choose(&job.plan, OutputKind::NewFile, &name)?;
     // Unknown length: the blocks are spooled beside the output (an unnamed file that vanishes
     // with the process), then header, index and blocks are written.
@@ -405,15 +448,30 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         },
         _ => Sink::Stream(&mut out),
     };
-    let summary = run_pack(job, input, sink, &name)?;
+    let summary = run_pack(job, input, sink, &name, tree.as_mut())?;
     drop(out);
+    let hash_name = hash_path.display().to_string();
+    let finished = match (tree, sidecar.as_mut()) {
+        (Some(tree), Some(sidecar)) => Some(verity::finish(tree, sidecar, &hash_name)?),
+        _ => None,
+    };
     temp.commit(&name)?;
-    report(job, &summary, &name)
+    if let Some(sidecar) = sidecar {
+        sidecar.commit(&hash_name)?;
+    }
+    let verity = finished.as_ref().map(|tree| (tree, hash_name.as_str()));
+    report(job, &summary, &name, verity)
 }
 
 /// Runs the packer with a progress bar. Errors reading the input name it; errors writing the
 /// image name `out_name`.
-fn run_pack(job: &Job, input: File, sink: Sink<'_>, out_name: &str) -> Result<PackSummary> {
+fn run_pack(
+    job: &Job,
+    input: File,
+    sink: Sink<'_>,
+    out_name: &str,
+    tree: Option<&mut HashTreeBuilder<File>>,
+) -> Result<PackSummary> {
     let total = job.plan.input_len;
     let bar = bytes_bar(total, "creating", job.quiet);
     let bs = u64::from(job.plan.block_size);
@@ -433,7 +491,10 @@ fn run_pack(job: &Job, input: File, sink: Sink<'_>, out_name: &str) -> Result<Pa
         }
         ProgressEvent::Finishing => bar.set_message("writing the index"),
     };
-    let result = pack_with_plan(input, sink, &job.plan, &progress);
+    let result = match tree {
+        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
+        None => pack_with_plan(input, sink, &job.plan, &progress),
+    };
     bar.finish_and_clear();
     result.map_err(|error| match error {
         PackError::Read { .. } => {
@@ -451,7 +512,12 @@ fn run_pack(job: &Job, input: File, sink: Sink<'_>, out_name: &str) -> Result<Pa
 }
 
 /// The summary line, or JSON.
-fn report(job: &Job, s: &PackSummary, out_name: &str) -> Result<()> {
+fn report(
+    job: &Job,
+    s: &PackSummary,
+    out_name: &str,
+    verity: Option<(&VerityTree, &str)>,
+) -> Result<()> {
     let secs = s.elapsed.as_secs_f64().max(1e-6);
     let ratio = s.image_len as f64 / s.input_len.max(1) as f64;
     let mb_s = s.input_len as f64 / 1e6 / secs;
@@ -461,7 +527,7 @@ fn report(job: &Job, s: &PackSummary, out_name: &str) -> Result<()> {
             .iter()
             .map(|(k, n)| (k.name().to_string(), (*n).into()))
             .collect();
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "output": out_name,
             "dialect": s.dialect.name(),
             "codec": job.options.codec.to_string(),
@@ -481,6 +547,9 @@ fn report(job: &Job, s: &PackSummary, out_name: &str) -> Result<()> {
             "input_mb_per_s": mb_s,
             "threads": job.options.threads,
         });
+        if let Some((tree, hash_file)) = verity {
+            value["verity"] = verity::json(tree, hash_file);
+        }
         let text = serde_json::to_string_pretty(&value)?;
         if matches!(job.output, OutputSpec::Stdout) {
             eprintln!("{text}");
@@ -501,6 +570,9 @@ fn report(job: &Job, s: &PackSummary, out_name: &str) -> Result<()> {
             job.options.codec,
             secs,
         );
+        if let Some((tree, hash_file)) = verity {
+            eprintln!("{}", verity::line(tree, hash_file));
+        }
     }
     Ok(())
 }

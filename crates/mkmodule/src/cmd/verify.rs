@@ -18,6 +18,8 @@ use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+mod verity;
+
 use super::{ExitStatus, EXIT_DAMAGED};
 use crate::progress::bytes_bar;
 use crate::units::{human_bytes, parse_size};
@@ -42,6 +44,11 @@ pub struct Args {
     /// (it counts 512-byte sectors in 32 bits).
     #[arg(long, value_name = "SIZE", default_value = "2T", value_parser = parse_size)]
     pub max_size: u64,
+
+    /// Also recompute the dm-verity hash tree of the image's device and compare it with
+    /// IMAGE.verity (written by `create --verity`), naming the first bad data block.
+    #[arg(long)]
+    pub verity: bool,
 }
 
 /// How many bytes checking `image` decodes or hashes, whichever is more: the blocks not known
@@ -89,6 +96,8 @@ struct Report {
     bad_blocks: Vec<BadBlock>,
     digest: Option<DigestReport>,
     trailer_problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity: Option<verity::VerityReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +128,7 @@ pub fn run(args: Args) -> Result<()> {
         bad_blocks: Vec::new(),
         digest: None,
         trailer_problem: None,
+        verity: None,
     };
     let options = OpenOptions {
         cache_bytes: 0,
@@ -133,7 +143,11 @@ pub fn run(args: Args) -> Result<()> {
                 args.max_size,
             )
             .map_err(|e| e.context(format!("verifying {}", args.image.display())))?;
-            check(&image, &args, &mut report)
+            check(&image, &args, &mut report);
+            if args.verity {
+                let threads = args.threads.unwrap_or(0);
+                report.verity = Some(verity::check(&image, &args.image, threads));
+            }
         }
         Err(error) if error.kind() == ErrorKind::Corrupt => report.error = Some(chain_text(&error)),
         Err(error) => {
@@ -146,6 +160,9 @@ pub fn run(args: Args) -> Result<()> {
         && report.bad_blocks.is_empty()
         && report.trailer_problem.is_none()
         && report.digest.as_ref().is_none_or(|d| d.status == "ok");
+    let verity_problem = report.verity.as_ref().and_then(|v| v.problem.clone());
+    let damaged_before_verity = !report.ok;
+    report.ok &= verity_problem.is_none();
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -153,12 +170,22 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out)?;
     } else {
         print_text(&mut out, &report)?;
+        if let Some(v) = &report.verity {
+            let root = v.root_hash.as_deref().unwrap_or("-");
+            match &v.problem {
+                None => writeln!(out, "verity: {} ok, root hash {root}", v.hash_file)?,
+                Some(problem) => writeln!(out, "verity: MISMATCH: {problem}")?,
+            }
+        }
     }
     out.flush()?;
     if report.ok {
         return Ok(());
     }
-    let what = damage_summary(&report);
+    let what = match verity_problem {
+        Some(problem) if !damaged_before_verity => problem,
+        _ => damage_summary(&report),
+    };
     Err(ExitStatus {
         code: EXIT_DAMAGED,
         message: format!("{} is damaged: {what}", args.image.display()),
@@ -343,6 +370,7 @@ mod tests {
                 .collect(),
             digest: None,
             trailer_problem: trailer.map(String::from),
+            verity: None,
         }
     }
 

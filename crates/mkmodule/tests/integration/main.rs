@@ -28,6 +28,7 @@ mod serve_guest;
 mod serve_hostile;
 mod serve_tls;
 mod verify;
+mod verity;
 mod wrong_input;
 
 use std::sync::{Mutex, MutexGuard};
