@@ -227,3 +227,34 @@ fn verify_recomputes_the_tree_and_names_the_first_bad_data_block() {
          not match its hash in image.verity"
     );
 }
+
+/// `serve` exports the hash tree beside the image as `NAME.verity`; what a client copies from
+/// the two exports is a data and hash device pair that `veritysetup verify` accepts.
+#[test]
+fn serve_exports_the_tree_beside_the_image() {
+    use crate::common_tools::{run_ok, Served};
+    let dir = tempdir();
+    let d = dir.path();
+    put(d, "input", &mixed(3 << 20));
+    let created = create(d, "input", "image", SALT, &[]);
+    let image = d.join("image").display().to_string();
+    let served = Served::start(d, &[&format!("root={image}")]);
+    let list = run_ok("nbdinfo", &["--list", &served.uri("")]);
+    assert!(list.contains("export=\"root\""), "{list}");
+    assert!(list.contains("export=\"root.verity\""), "{list}");
+    let data = d.join("served-data").display().to_string();
+    let tree = d.join("served-tree").display().to_string();
+    run_ok("nbdcopy", &[&served.uri("root"), &data]);
+    run_ok("nbdcopy", &[&served.uri("root.verity"), &tree]);
+    served.terminate();
+    assert_eq!(
+        std::fs::read(&tree).unwrap(),
+        std::fs::read(d.join("image.verity")).unwrap()
+    );
+    let verified = veritysetup(d, &["verify", &data, &tree, &created.root_hash]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use mkmodule_blockdev::BlockDevice;
+use mkmodule_blockdev::{BlockDevice, FileDevice};
 use mkmodule_image::OpenOptions;
 use mkmodule_nbd::{DefaultExport, ExportEntry, ReloadHandle};
 use mkmodule_overlay::{Overlay, OverlayOptions};
@@ -156,6 +156,37 @@ struct Live {
     id: Option<FileId>,
     description: String,
     export: Arc<dyn BlockDevice>,
+    /// The image's dm-verity hash tree (`IMAGE.verity`, from `create --verity`), served as the
+    /// export `NAME.verity` beside it; never under --cow, whose writes the tree cannot follow.
+    verity: Option<Arc<dyn BlockDevice>>,
+}
+
+/// The path of the dm-verity hash tree `create --verity` wrote beside `image`.
+fn verity_sidecar(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".verity");
+    PathBuf::from(name)
+}
+
+/// The server's export table for `live`: each export, and after it `NAME.verity` where the
+/// image has a hash tree.
+fn entries_of(live: &[Live]) -> Vec<ExportEntry> {
+    let mut entries = Vec::new();
+    for l in live {
+        entries.push(ExportEntry {
+            name: l.spec.name.clone(),
+            description: l.description.clone(),
+            export: Arc::clone(&l.export),
+        });
+        if let Some(tree) = &l.verity {
+            entries.push(ExportEntry {
+                name: format!("{}.verity", l.spec.name),
+                description: format!("dm-verity hash tree of {}", l.spec.name),
+                export: Arc::clone(tree),
+            });
+        }
+    }
+    entries
 }
 
 /// How exports are opened: cache size, overlays, descriptions.
@@ -212,11 +243,25 @@ impl Opener {
             spec.name,
             spec.path.display()
         );
+        let sidecar = verity_sidecar(&spec.path);
+        let verity: Option<Arc<dyn BlockDevice>> = if self.cow.is_none() && sidecar.is_file() {
+            let tree = FileDevice::open(&sidecar)
+                .with_context(|| format!("opening the hash tree {}", sidecar.display()))?;
+            eprintln!(
+                "mkmodule: export \"{}.verity\": {} (dm-verity hash tree)",
+                spec.name,
+                sidecar.display()
+            );
+            Some(Arc::new(tree))
+        } else {
+            None
+        };
         Ok(Live {
             spec: spec.clone(),
             id,
             description,
             export,
+            verity,
         })
     }
 }
@@ -278,14 +323,7 @@ impl Exports {
 
     /// The table for the NBD server.
     pub fn entries(&self) -> Vec<ExportEntry> {
-        self.live
-            .iter()
-            .map(|l| ExportEntry {
-                name: l.spec.name.clone(),
-                description: l.description.clone(),
-                export: Arc::clone(&l.export),
-            })
-            .collect()
+        entries_of(&self.live)
     }
 
     /// Works out the next table: unchanged images keep their open export, changed or new ones
@@ -364,14 +402,7 @@ impl Exports {
     /// SIGHUP: swaps in the next table; established connections are untouched.
     pub fn reload(&mut self, server: &ReloadHandle) -> Result<String> {
         let (next, summary) = self.next()?;
-        let entries: Vec<ExportEntry> = next
-            .iter()
-            .map(|l| ExportEntry {
-                name: l.spec.name.clone(),
-                description: l.description.clone(),
-                export: Arc::clone(&l.export),
-            })
-            .collect();
+        let entries = entries_of(&next);
         server
             .replace_exports(entries, DefaultExport::First)
             .context("the new export table")?;
