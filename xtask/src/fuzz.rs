@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use mkmodule_codec::{BlockCompressor, CodecKind, CodecSpec};
 use mkmodule_format::{is_header_first, Dialect, DigestAlgorithm, Trailer};
 use mkmodule_nbd::proto::*;
+use mkmodule_pack::verity::{HashTreeBuilder, VerityParams};
 
 use build::{build_image, ImageSpec};
 
@@ -72,6 +73,11 @@ const TARGETS: &[Target] = &[
     Target {
         name: "overlay_open",
         max_len: 1024,
+        dict: None,
+    },
+    Target {
+        name: "verity_superblock",
+        max_len: 4096,
         dict: None,
     },
 ];
@@ -476,6 +482,24 @@ pub fn seeds() -> Result<()> {
     ];
     for (name, seed) in overlay_seeds {
         put("overlay_open", name, seed)?;
+    }
+
+    // dm-verity hash files as `create --verity` writes them: the superblock and first hash
+    // block, for one, two and 129 data blocks, with and without a salt.
+    for (name, blocks, salt) in [
+        ("one-block", 1usize, vec![0x5a; 32]),
+        ("two-blocks", 2, vec![0x11; 32]),
+        ("two-levels-no-salt", 129, Vec::new()),
+    ] {
+        let params = VerityParams::new(salt, [7; 16])?;
+        let mut tree = HashTreeBuilder::new(params, std::io::Cursor::new(Vec::new()));
+        for i in 0..blocks {
+            tree.push_data_block(&[i as u8; 4096]);
+        }
+        let mut file = Vec::new();
+        tree.finish(&mut file)?;
+        file.truncate(4096);
+        put("verity_superblock", name, &file)?;
     }
 
     println!("fuzz-seeds: wrote {written} seeds ({bytes} bytes) under fuzz/corpus/");
