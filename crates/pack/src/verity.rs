@@ -157,6 +157,13 @@ impl<S: Read + Write + Seek> DigestSink for HashTreeBuilder<S> {
     }
 }
 
+/// Where the hash file of `image` lives: beside it, named `IMAGE.verity` (docs/FORMAT.md §13).
+pub fn hash_file_path(image: &std::path::Path) -> std::path::PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".verity");
+    std::path::PathBuf::from(name)
+}
+
 /// Hash blocks per level for `data_blocks` data blocks, level 0 first (none for one block).
 pub fn tree_levels(data_blocks: u64) -> Vec<u64> {
     let mut levels = Vec::new();

@@ -16,6 +16,26 @@ pub fn random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Deterministic pseudo-random numbers (xorshift64) for choosing offsets, lengths and bytes
+/// to damage, so every run of a test does the same. The seed must not be 0.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 /// Numbered text lines starting at line `seed`, compressible.
 pub fn text_lines(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 64);

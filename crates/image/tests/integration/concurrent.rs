@@ -2,6 +2,7 @@
 //! sequential readers with read-ahead, and many readers of one missing block.
 
 use crate::common;
+use mkmodule_testkit::data::Rng;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -18,22 +19,6 @@ fn open(built: &Built, options: &OpenOptions) -> (tempfile::NamedTempFile, Arc<I
     file.flush().unwrap();
     let image = Image::open_with(file.path(), options).unwrap();
     (file, Arc::new(image))
-}
-
-/// A small deterministic generator for offsets and lengths.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn images() -> Vec<(String, Built)> {

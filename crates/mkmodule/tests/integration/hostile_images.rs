@@ -12,6 +12,7 @@
 
 use crate::common_create;
 use crate::common_tools;
+use mkmodule_testkit::data::Rng;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -32,22 +33,6 @@ const PEAK_RSS_LIMIT_KIB: u64 = 100 << 10;
 
 /// Time limit of one command (a hang fails the test; no assertion depends on timing).
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Deterministic pseudo-random numbers (xorshift64), so every run damages the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// A valid image and what is known about it.
 struct Base {

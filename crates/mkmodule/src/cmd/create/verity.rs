@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use mkmodule_pack::verity::{
@@ -13,11 +13,7 @@ use mkmodule_pack::verity::{
 use crate::output::{OutputFile, Replace};
 
 /// The hash file written beside `image`: `IMAGE.verity`.
-pub fn sidecar_path(image: &Path) -> PathBuf {
-    let mut name = image.as_os_str().to_owned();
-    name.push(".verity");
-    PathBuf::from(name)
-}
+pub use mkmodule_pack::verity::hash_file_path as sidecar_path;
 
 /// The tree's parameters from `--verity-salt` and `--verity-uuid` (random when not given),
 /// refused for a block size that does not split into 4096-byte data blocks.
@@ -191,7 +187,7 @@ mod tests {
     fn the_sidecar_is_named_after_the_image() {
         assert_eq!(
             sidecar_path(Path::new("dir/KNOPPIX")),
-            PathBuf::from("dir/KNOPPIX.verity")
+            std::path::PathBuf::from("dir/KNOPPIX.verity")
         );
     }
 }

@@ -161,13 +161,6 @@ struct Live {
     verity: Option<Arc<dyn BlockDevice>>,
 }
 
-/// The path of the dm-verity hash tree `create --verity` wrote beside `image`.
-fn verity_sidecar(image: &Path) -> PathBuf {
-    let mut name = image.as_os_str().to_owned();
-    name.push(".verity");
-    PathBuf::from(name)
-}
-
 /// The server's export table for `live`: each export, and after it `NAME.verity` where the
 /// image has a hash tree.
 fn entries_of(live: &[Live]) -> Vec<ExportEntry> {
@@ -243,7 +236,7 @@ impl Opener {
             spec.name,
             spec.path.display()
         );
-        let sidecar = verity_sidecar(&spec.path);
+        let sidecar = mkmodule_pack::verity::hash_file_path(&spec.path);
         let verity: Option<Arc<dyn BlockDevice>> = if self.cow.is_none() && sidecar.is_file() {
             let tree = FileDevice::open(&sidecar)
                 .with_context(|| format!("opening the hash tree {}", sidecar.display()))?;

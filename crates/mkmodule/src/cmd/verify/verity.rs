@@ -3,13 +3,13 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mkmodule_blockdev::chain_text;
 use mkmodule_image::{Decoded, Image, ParallelOptions};
 use mkmodule_pack::verity::{
-    leaf_digests, parse_superblock, tree_levels, HashTreeBuilder, VERITY_BLOCK_SIZE,
-    VERITY_DIGEST_LEN,
+    hash_file_path, leaf_digests, parse_superblock, tree_levels, HashTreeBuilder,
+    VERITY_BLOCK_SIZE, VERITY_DIGEST_LEN,
 };
 use serde::Serialize;
 
@@ -30,16 +30,9 @@ pub struct VerityReport {
     pub problem: Option<String>,
 }
 
-/// The hash file `create --verity` wrote for `image`.
-fn sidecar_path(image: &Path) -> PathBuf {
-    let mut name = image.as_os_str().to_owned();
-    name.push(".verity");
-    PathBuf::from(name)
-}
-
 /// Checks `image`'s device against `IMAGE.verity`.
 pub fn check(image: &Image, path: &Path, threads: usize) -> VerityReport {
-    let hash_path = sidecar_path(path);
+    let hash_path = hash_file_path(path);
     let mut report = VerityReport {
         hash_file: hash_path.display().to_string(),
         ok: false,
