@@ -6,7 +6,7 @@
 # Two ways of reading the root:
 #   --virtio URI   qemu is the NBD client: -drive file=URI,format=raw,if=virtio;
 #                  the initramfs mounts /dev/vda (URI e.g. nbd://127.0.0.1:10809/root)
-#   --nbd HOST:PORT  the guest kernel's NBD client over qemu's user network: the
+#   --nbd HOST:PORT[,HOST:PORT...]  the guest kernel's NBD client over qemu's user network: the
 #                  initramfs brings up eth0 (virtio-net, 10.0.2.15; the host's 127.0.0.1 is
 #                  10.0.2.2) and runs dist/lib/mkmodule-nbdroot, the helper the
 #                  initramfs-tools script and dracut module ship, with
@@ -23,6 +23,15 @@
 #   --export NAME     export name for --nbd (default: the server's default export)
 #   --nbd-args LIST   nbd-client arguments, comma-separated (default -b,4096)
 #   --rw              mount the root read-write (--virtio: the drive is writable)
+#   --mkmodule PATH   (--nbd) put this mkmodule binary (stripped) in the initramfs: the helper
+#                     then attaches the root with `mkmodule connect`, which stays resident and
+#                     reconnects (servers after the first are its failover list)
+#   --reread          the root's init reads /payload a second time (caches dropped) after the
+#                     marker's checks, printing "=== payload2 md5=HEX seconds=S"
+#   --verity ROOTHASH (--nbd) verify the root with dm-verity: the initramfs gets veritysetup,
+#                     dm-verity and overlayfs, and the command line mkmodule.roothash=ROOTHASH;
+#                     the helper connects the hash tree (export NAME.verity) and mounts the
+#                     verified root read-only below a tmpfs changes layer
 #   --write TOKEN     the root's init writes /guest-wrote.txt ("written by the
 #                     guest TOKEN"), syncs and remounts / read-only (needs --rw)
 #   --kernel-dir DIR  unpacked Debian kernel package (default: $MKMODULE_GUEST_KERNEL_DIR
@@ -32,12 +41,16 @@
 #   --timeout SECS    bound on the guest run (default 120)
 #   --memory MIB      guest memory (default 256)
 #   --keep            keep the work directory (initramfs, console log)
+#   --console FILE    copy the guest's console log (lines stamped with ms from qemu's start) to FILE
 #   --check           only check the prerequisites
 #
 # Output (stdout), lines starting with "=== ":
 #   === kernel VERSION
 #   === initramfs root=DEVICE mode=ro|rw uptime=S
-#   === payload md5=HEX                             (md5sum of /payload, if the root has one)
+#   === payload md5=HEX seconds=S                   (md5sum of /payload, if the root has one,
+#                                                   and the guest's seconds to read it)
+#   === payload read failed: MESSAGE                (when reading /payload failed)
+#   === kmsg LINE                                   (kernel messages about verity or I/O errors)
 #   === marker root=DEVICE mode=ro|rw uptime=S      (from the root's /sbin/init)
 #   === hello TEXT                                  (first line of /hello.txt, if any)
 #   === wrote rc=RC remount rc=RC                   (with --write)
@@ -61,9 +74,13 @@ EXPORT=
 NBD_ARGS=-b,4096
 RW=0
 TOKEN=
+ROOTHASH=
+MKMODULE=
+REREAD=0
 TIMEOUT=120
 MEMORY=256
 KEEP=0
+CONSOLE=
 CHECK=0
 MAKE_ROOT=
 
@@ -85,11 +102,15 @@ while (($#)); do
     --nbd-args) NBD_ARGS=${2?}; shift 2 ;;
     --rw) RW=1; shift ;;
     --write) TOKEN=${2:?}; shift 2 ;;
+    --verity) ROOTHASH=${2:?}; shift 2 ;;
+    --mkmodule) MKMODULE=${2:?}; shift 2 ;;
+    --reread) REREAD=1; shift ;;
     --kernel-dir) KDIR=${2:?}; shift 2 ;;
     --qemu) QEMU=${2:?}; shift 2 ;;
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
     --memory) MEMORY=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --console) CONSOLE=${2:?}; shift 2 ;;
     --check) CHECK=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -113,8 +134,25 @@ write_root_init() {
 #!/bin/busybox sh
 b=/bin/busybox
 $b mount -t proc proc /proc 2>/dev/null
+# read_payload TAG: md5 of /payload and the guest's seconds to read it. The root may be
+# read-only, so an error is caught from the output, not a file.
+read_payload() {
+    t0=$($b cut -d' ' -f1 /proc/uptime)
+    if sum=$($b md5sum /payload 2>&1); then
+        t1=$($b cut -d' ' -f1 /proc/uptime)
+        echo "=== $1 md5=${sum%% *} seconds=$($b awk "BEGIN { print $t1 - $t0 }")"
+    else
+        echo "=== $1 read failed: $(echo "$sum" | $b head -n 1)"
+    fi
+}
 # A root that carries /payload stands for a boot that reads that much: read it first.
-if [ -f /payload ]; then echo "=== payload md5=$($b md5sum /payload | $b cut -d' ' -f1)"; fi
+if [ -f /payload ]; then read_payload payload; fi
+if $b grep -q mkmodule.test.reread /proc/cmdline; then
+    $b sync
+    echo 3 >/proc/sys/vm/drop_caches
+    read_payload payload2
+fi
+$b dmesg | $b grep -E 'verity|I/O error|nbd[0-9]+:' | $b head -n 12 | while read -r line; do echo "=== kmsg $line"; done
 up=$($b cut -d' ' -f1 /proc/uptime)
 set -- $($b grep ' / ' /proc/mounts | $b tail -n 1)
 dev=$1 opts=$4
@@ -152,10 +190,14 @@ fi
 [[ $EXPORT =~ ^[A-Za-z0-9._+-]*$ ]] || die "bad --export $EXPORT"
 [[ $NBD_ARGS =~ ^[A-Za-z0-9,=._+-]*$ ]] || die "bad --nbd-args $NBD_ARGS"
 [[ $TOKEN =~ ^[A-Za-z0-9._-]*$ ]] || die "bad --write $TOKEN"
+[[ $ROOTHASH =~ ^[0-9A-Za-z]*$ ]] || die "bad --verity $ROOTHASH"
+[[ -z $ROOTHASH || $MODE == nbd ]] || die "--verity needs --nbd"
+[[ -z $MKMODULE || $MODE == nbd ]] || die "--mkmodule needs --nbd"
+[[ -z $MKMODULE || -x $MKMODULE ]] || die "--mkmodule $MKMODULE is not an executable"
 [[ -z $TOKEN || $RW == 1 ]] || die "--write needs --rw"
 case $MODE in
 virtio) [[ $TARGET =~ ^nbd(\+unix)?://[][A-Za-z0-9.:/_?=+-]+$ ]] || die "bad --virtio URI $TARGET" ;;
-nbd) [[ $TARGET =~ ^[][A-Za-z0-9.:_-]+$ ]] || die "bad --nbd $TARGET" ;;
+nbd) [[ $TARGET =~ ^[][A-Za-z0-9.:_,-]+$ ]] || die "bad --nbd $TARGET" ;;
 esac
 
 # --- prerequisites ---------------------------------------------------------
@@ -183,6 +225,11 @@ MODROOT=$KDIR/lib/modules/$KVER
 NBD_CLIENT=$(command -v nbd-client || { [[ -x /usr/sbin/nbd-client ]] && echo /usr/sbin/nbd-client; } || true)
 [[ -n $NBD_CLIENT ]] || missing "nbd-client not found"
 [[ -r $HELPER ]] || missing "$HELPER not found"
+VERITYSETUP=
+if [[ -n $ROOTHASH ]]; then
+    VERITYSETUP=$(command -v veritysetup || { [[ -x /usr/sbin/veritysetup ]] && echo /usr/sbin/veritysetup; } || true)
+    [[ -n $VERITYSETUP ]] || missing "veritysetup not found (cryptsetup-bin)"
+fi
 for tool in cpio gzip timeout ldd; do
     command -v "$tool" >/dev/null || missing "$tool not found"
 done
@@ -221,7 +268,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,newroot,tmp,lib/modules}
+mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,run,newroot,tmp,lib/modules}
 copy_with_libs() {
     local bin=$1 dest=$2 lib
     cp -L "$bin" "$R$dest"
@@ -232,6 +279,11 @@ copy_with_libs() {
 }
 copy_with_libs "$BUSYBOX" /bin/busybox
 copy_with_libs "$NBD_CLIENT" /sbin/nbd-client
+[[ -z $VERITYSETUP ]] || copy_with_libs "$VERITYSETUP" /sbin/veritysetup
+if [[ -n $MKMODULE ]]; then
+    copy_with_libs "$MKMODULE" /sbin/mkmodule
+    strip "$R/sbin/mkmodule" 2>/dev/null || true
+fi
 cp "$HELPER" "$R/sbin/mkmodule-nbdroot"
 chmod 755 "$R/sbin/mkmodule-nbdroot"
 
@@ -266,6 +318,7 @@ else
     wanted=(virtio_pci virtio_net nbd)
 fi
 wanted+=(crc32c_generic ext4)
+[[ -z $ROOTHASH ]] || wanted+=(dm_verity overlay)
 for m in "${wanted[@]}"; do add_module "$m"; done
 for m in "${ORDER[@]}"; do
     src=$MODROOT/${MODPATH[$m]}
@@ -321,6 +374,7 @@ nbd)
     i=0
     while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
     mkmodule-nbdroot mount /newroot || fail "mkmodule-nbdroot mount /newroot"
+    dev=$(mkmodule-nbdroot root-device)
     ;;
 *) fail "no mkmodule.test.boot= on the command line" ;;
 esac
@@ -336,6 +390,7 @@ chmod +x "$R/init"
 APPEND="console=ttyS0 panic=-1 loglevel=3 mkmodule.test.boot=$MODE rootfstype=ext4"
 if ((RW)); then APPEND+=" rw"; else APPEND+=" ro"; fi
 [[ -n $TOKEN ]] && APPEND+=" mkmodule.test.write=$TOKEN"
+((REREAD)) && APPEND+=" mkmodule.test.reread"
 DEVICES=()
 if [[ $MODE == virtio ]]; then
     drive="file=$TARGET,format=raw,if=virtio"
@@ -345,6 +400,7 @@ if [[ $MODE == virtio ]]; then
 else
     APPEND+=" root=/dev/nbd0 mkmodule.server=$TARGET mkmodule.nbdargs=$NBD_ARGS mkmodule.retries=3"
     [[ -n $EXPORT ]] && APPEND+=" mkmodule.export=$EXPORT"
+    [[ -n $ROOTHASH ]] && APPEND+=" mkmodule.roothash=$ROOTHASH"
     DEVICES+=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
 fi
 
@@ -369,6 +425,7 @@ wait "$TPID" || rc=$?
 TPID=
 END=${EPOCHREALTIME/./}
 
+[[ -z $CONSOLE ]] || cp "$WORK/console.log" "$CONSOLE"
 seconds() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 grep -a '^[0-9]* === ' "$WORK/console.log" | cut -d' ' -f2- || true
 marker=$(grep -a -m1 '^[0-9]* === marker ' "$WORK/console.log" | cut -d' ' -f1 || true)

@@ -40,6 +40,9 @@ enum Command {
     /// Serve images over NBD (read-only unless --cow), for qemu, nbd-client, nbdfuse and booting
     /// machines.
     Serve(cmd::serve::Args),
+    /// Attach an NBD export to /dev/nbdN and keep it attached across server restarts and
+    /// failover (Linux, netlink).
+    Connect(cmd::connect::Args),
     /// Fold a copy-on-write overlay (serve --cow FILE) and its image into a new image.
     Commit(cmd::commit::Args),
     /// Mount an image's filesystem (or stack module images with --union) via FUSE + loop.
@@ -70,6 +73,7 @@ impl Command {
             Command::Verify(args) => cmd::verify::run(args),
             Command::Serve(args) => cmd::serve::run(args),
             Command::Commit(args) => cmd::commit::run(args),
+            Command::Connect(args) => cmd::connect::run(args),
             Command::Mount(args) => cmd::mount::run(args),
             Command::Umount(args) => cmd::umount::run(args),
             Command::Attach(args) => cmd::attach::run(args),

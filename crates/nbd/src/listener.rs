@@ -164,6 +164,15 @@ impl Stream {
         })
     }
 
+    /// Stops the reading side only: a reader gets the end of the stream once it has read what
+    /// arrived, while replies can still be written (a drain).
+    pub(crate) fn stop_reading(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
+            Stream::Unix(s) => s.shutdown(Shutdown::Read),
+        };
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Both),

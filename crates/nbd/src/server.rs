@@ -125,8 +125,18 @@ impl Shared {
         }
         drop(s);
         self.stop_cond.notify_all();
-        if mode == StopMode::Now {
-            self.close_all();
+        match mode {
+            StopMode::Now => self.close_all(),
+            // Each connection reads what its client already sent, answers it, then ends.
+            StopMode::Drain(_) => self.stop_reading_all(),
+        }
+    }
+
+    fn stop_reading_all(&self) {
+        for (stream, _) in self.table().entries.values() {
+            if let Some(s) = stream {
+                s.stop_reading();
+            }
         }
     }
 
@@ -499,7 +509,8 @@ impl StopHandle {
         self.shared.request_stop(StopMode::Now);
     }
 
-    /// Stop accepting, let open connections finish for up to `grace`, then close them.
+    /// Stop accepting and drain: each connection stops reading new requests, answers those it
+    /// has read, then ends; whatever is still open after `grace` is closed.
     pub fn drain(&self, grace: Duration) {
         self.shared
             .request_stop(StopMode::Drain(Instant::now() + grace));
@@ -577,7 +588,8 @@ impl ServerHandle {
         self.finish(StopMode::Now);
     }
 
-    /// Stop accepting, wait up to `grace` for connections to end, then close the rest and join.
+    /// Stop accepting, drain every connection (see [`StopHandle::drain`]) for up to `grace`,
+    /// then close the rest and join.
     pub fn shutdown_graceful(mut self, grace: Duration) {
         self.finish(StopMode::Drain(Instant::now() + grace));
     }

@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::tools::run_ok;
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot report the one
+/// they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a port on 127.0.0.1")
+}
+
 /// Waits (bounded) until `cond` holds; returns whether it did.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -15,20 +15,24 @@ check() {
 
 # called by dracut
 depends() {
-    echo network rootfs-block
+    # dm: udev names device-mapper devices (the verified root of mkmodule.roothash=).
+    echo network rootfs-block dm
     return 0
 }
 
 # called by dracut
 installkernel() {
-    instmods nbd
+    instmods nbd dm-verity overlay
 }
 
 # called by dracut
 install() {
     inst_multiple nbd-client
+    # For a root verified by dm-verity (mkmodule.roothash=); without it such a boot refuses.
+    inst_multiple -o veritysetup
     inst_simple /usr/lib/mkmodule/mkmodule-nbdroot /sbin/mkmodule-nbdroot
     inst_hook cmdline 90 "$moddir/parse-mkmodule-nbd.sh"
     inst_script "$moddir/mkmodule-nbd-netroot.sh" /sbin/mkmodulenbdroot
+    inst_hook pre-pivot 50 "$moddir/mkmodule-nbd-overlay.sh"
     dracut_need_initqueue
 }

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bench;
 pub mod commit;
+pub mod connect;
 pub mod create;
 pub mod detach;
 pub mod docs;

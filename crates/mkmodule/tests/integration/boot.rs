@@ -15,7 +15,7 @@
 //! (default 8).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
@@ -23,13 +23,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mkmodule_testkit::process::free_port;
+
 use crate::guest_lock;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn boot_script() -> PathBuf {
+pub(crate) fn boot_script() -> PathBuf {
     repo().join("scripts/guest-boot-test.sh")
 }
 
@@ -40,7 +42,18 @@ fn kill(signal: &str, pid: u32) {
 }
 
 /// Runs a command to completion within `limit` (stopped by its own id past it); returns stdout.
-fn run_ok(cmd: &mut Command, limit: Duration) -> String {
+pub(crate) fn run_ok(cmd: &mut Command, limit: Duration) -> String {
+    let (status, out, err) = run(cmd, limit);
+    assert!(status.success(), "{cmd:?} failed ({status}):\n{out}\n{err}");
+    out
+}
+
+/// Runs a command to completion within `limit` (stopped by its own id past it); returns its
+/// status, stdout and stderr.
+pub(crate) fn run(
+    cmd: &mut Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -81,23 +94,12 @@ fn run_ok(cmd: &mut Command, limit: Duration) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    assert!(status.success(), "{cmd:?} failed ({status}):\n{out}\n{err}");
-    out
+    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 /// Fails the test (never skips it) when a peer tool is missing, naming its package.
-fn require(tool: &str) {
+pub(crate) fn require(tool: &str) {
     mkmodule_testkit::tools::require_tool(tool);
-}
-
-/// A port that was free a moment ago (for servers that cannot report the one they bound).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
@@ -134,17 +136,22 @@ fn wait_for_log(log: &Path, needle: &str, child: &mut Child) -> String {
 }
 
 /// `mkmodule serve` on 127.0.0.1 with a port the kernel picked; killed by its own id on drop.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
 }
 
 impl Served {
-    fn start(dir: &Path, args: &[&str]) -> Served {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Served {
+        Served::start_on(dir, 0, args)
+    }
+
+    /// The server on `port` (0: one the kernel picks).
+    pub(crate) fn start_on(dir: &Path, port: u16, args: &[&str]) -> Served {
         let log = unique(dir.join("serve.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_mkmodule"))
-            .args(["serve", "-b", "127.0.0.1", "-p", "0"])
+            .args(["serve", "-b", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -162,12 +169,23 @@ impl Served {
         Served { child, port, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The server's log file.
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// SIGKILL, as a crash would.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM (the overlay is flushed), then checks a clean exit.
-    fn terminate(mut self) -> String {
+    pub(crate) fn terminate(mut self) -> String {
         kill("TERM", self.child.id());
         let start = Instant::now();
         loop {
@@ -250,15 +268,15 @@ impl Drop for QemuNbd {
 /// A root filesystem image: ext4 (4 KiB blocks) with the boot script's root tree, a hello.txt
 /// and a /payload of `payload_mib` MiB that the root's init reads before its marker (a boot
 /// reads that much), compressed with create_compressed_fs (64 KiB blocks).
-struct RootImage {
-    ext4: PathBuf,
-    cloop: PathBuf,
-    hello: String,
+pub(crate) struct RootImage {
+    pub(crate) ext4: PathBuf,
+    pub(crate) cloop: PathBuf,
+    pub(crate) hello: String,
     /// md5 of /payload, which the root's init reads before the marker.
-    payload_md5: String,
+    pub(crate) payload_md5: String,
 }
 
-fn root_image(dir: &Path, payload_mib: usize) -> RootImage {
+pub(crate) fn root_image(dir: &Path, payload_mib: usize) -> RootImage {
     require("mkfs.ext4");
     require("create_compressed_fs");
     let tree = dir.join("tree");
@@ -297,6 +315,23 @@ fn root_image(dir: &Path, payload_mib: usize) -> RootImage {
         hello,
         payload_md5,
     }
+}
+
+/// The filesystem block number (4 KiB) holding block `n` of /payload in `ext4` (debugfs).
+pub(crate) fn payload_block(ext4: &Path, n: usize) -> u64 {
+    require("debugfs");
+    let out = run_ok(
+        Command::new("debugfs")
+            .args(["-R", &format!("bmap /payload {n}")])
+            .arg(ext4),
+        Duration::from_secs(30),
+    );
+    let block: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("debugfs bmap /payload {n} printed {out:?}"));
+    assert!(block > 0, "/payload has no block {n}");
+    block
 }
 
 /// `len` bytes of real binary data that compresses as a root filesystem does: the guest
@@ -354,28 +389,28 @@ fn md5_hex(data: &[u8]) -> String {
 
 /// What one boot printed.
 #[derive(Debug)]
-struct Boot {
-    lines: Vec<String>,
+pub(crate) struct Boot {
+    pub(crate) lines: Vec<String>,
     /// Wall clock from qemu's start to the marker, seen from the host.
-    host_seconds: f64,
+    pub(crate) host_seconds: f64,
     /// The guest's uptime when its root's init printed the marker.
     uptime: f64,
 }
 
 impl Boot {
-    fn has(&self, needle: &str) -> bool {
+    pub(crate) fn has(&self, needle: &str) -> bool {
         self.lines.iter().any(|l| l.contains(needle))
     }
 }
 
-fn check_prerequisites() {
+pub(crate) fn check_prerequisites() {
     run_ok(
         Command::new("bash").arg(boot_script()).arg("--check"),
         Duration::from_secs(60),
     );
 }
 
-fn boot(args: &[String]) -> Boot {
+pub(crate) fn boot(args: &[String]) -> Boot {
     let out = run_ok(
         Command::new("bash").arg(boot_script()).args(args),
         Duration::from_secs(200),
@@ -409,7 +444,7 @@ fn boot(args: &[String]) -> Boot {
 }
 
 /// MiB of payload the booting root reads (MKMODULE_BOOT_PAYLOAD_MIB, default 8).
-fn payload_mib() -> usize {
+pub(crate) fn payload_mib() -> usize {
     std::env::var("MKMODULE_BOOT_PAYLOAD_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -930,9 +965,11 @@ fn boot_scripts_parse_and_the_helper_reads_the_kernel_command_line() {
         "lib/mkmodule-nbdroot",
         "initramfs-tools/hooks/mkmodule-nbd",
         "initramfs-tools/scripts/local-top/mkmodule-nbd",
+        "initramfs-tools/scripts/init-bottom/mkmodule-nbd",
         "dracut/95mkmodule-nbd/module-setup.sh",
         "dracut/95mkmodule-nbd/parse-mkmodule-nbd.sh",
         "dracut/95mkmodule-nbd/mkmodule-nbd-netroot.sh",
+        "dracut/95mkmodule-nbd/mkmodule-nbd-overlay.sh",
     ];
     for script in scripts {
         let path = dist.join(script);
@@ -1002,4 +1039,61 @@ fn boot_scripts_parse_and_the_helper_reads_the_kernel_command_line() {
     };
     assert!(wanted("root=/dev/nbd0 mkmodule.server=10.0.2.2"));
     assert!(!wanted("root=/dev/sda1 quiet"));
+
+    // A verified root: the hash tree is the export NAME.verity on the next NBD device, and the
+    // root device is the dm-verity one.
+    let hash = "0123456789abcdef".repeat(4);
+    let verified =
+        format!("mkmodule.server=192.0.2.1 mkmodule.export=root mkmodule.roothash={hash}");
+    assert_eq!(
+        params(&verified, "params"),
+        format!(
+            "server=192.0.2.1 port=10809 export=root device=/dev/nbd0 nbdargs=-b 4096 mode=ro \
+             fstype= flags=\nverity roothash={hash} hashdevice=/dev/nbd1 hashexport=root.verity"
+        )
+    );
+    assert_eq!(
+        params(&verified, "root-device"),
+        "/dev/mapper/mkmodule-root"
+    );
+    assert_eq!(
+        params("mkmodule.server=192.0.2.1", "root-device"),
+        "/dev/nbd0"
+    );
+    assert_eq!(
+        params(
+            &format!("{verified} mkmodule.device=/dev/nbd4 mkmodule.hashdevice=/dev/nbd9"),
+            "params"
+        )
+        .lines()
+        .nth(1),
+        Some(
+            format!("verity roothash={hash} hashdevice=/dev/nbd9 hashexport=root.verity").as_str()
+        )
+    );
+    // Bad verification settings stop `connect` before anything is connected.
+    let refused = |cmdline: &str| {
+        let out = Command::new("busybox")
+            .arg("sh")
+            .arg(&helper)
+            .arg("connect")
+            .env("MKMODULE_CMDLINE", cmdline)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmdline}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let base = "root=/dev/nbd0 mkmodule.server=192.0.2.1 mkmodule.export=root";
+    assert!(
+        refused(&format!("{base} mkmodule.verity")).contains("no mkmodule.roothash="),
+        "a required verification without a root hash must refuse to boot"
+    );
+    assert!(
+        refused(&format!("{base} mkmodule.roothash=xyz")).contains("is not a SHA-256 root hash")
+    );
+    assert!(refused(&format!("{base} mkmodule.roothash={}", &hash[1..])).contains("64 hex digits"));
+    assert!(refused(&format!(
+        "mkmodule.server=192.0.2.1 mkmodule.roothash={hash}"
+    ))
+    .contains("needs mkmodule.export=NAME"));
 }

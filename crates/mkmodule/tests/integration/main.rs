@@ -9,6 +9,8 @@
 
 mod bench;
 mod boot;
+mod boot_connect;
+mod boot_verity;
 mod cli_words;
 mod common_create;
 mod common_read;

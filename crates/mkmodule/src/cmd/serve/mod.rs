@@ -44,12 +44,14 @@ Over TLS: nbdinfo 'nbds://HOST/KNOPPIX?tls-certificates=DIR', qemu-img info --ob
 tls-creds-x509,id=tls0,dir=DIR,endpoint=client --image-opts
 driver=nbd,server.type=inet,server.host=HOST,server.port=10809,export=KNOPPIX,tls-creds=tls0
 
-Signals: SIGINT/SIGTERM stop the server. SIGHUP reloads the exports without dropping a
+Signals: SIGINT/SIGTERM stop the server after answering the requests it has read
+(--drain-timeout); a second one stops it at once. SIGHUP reloads the exports without dropping a
 connection: it re-reads --exports-file and reopens every image whose file changed (replace an
 image with `mv new.img KNOPPIX`, then `kill -HUP`); connections already open keep the export
 they opened, new connections see the new list; an image that fails to open keeps its old export.
-The kernel's NBD client (nbd-client, nbdroot) never reconnects, so while machines run from
-this server, change exports with SIGHUP rather than restarting it.
+Machines attached with nbd-client never reconnect: while they run from this server, change
+exports with SIGHUP rather than restarting it. Machines attached with `mkmodule connect` wait
+and reconnect, to this server once restarted or to the next one they were given.
 
 Under systemd: socket activation (LISTEN_FDS: the inherited sockets replace --bind/--port/
 --socket) and Type=notify readiness (READY=1, RELOADING=1, STOPPING=1 to NOTIFY_SOCKET) are
@@ -140,6 +142,13 @@ pub struct Args {
     /// Log every option and request (protocol tracing).
     #[arg(short, long)]
     verbose: bool,
+
+    /// On SIGTERM or SIGINT, stop reading new requests, answer those already received, then
+    /// close each connection; past this many seconds close whatever is left (a second signal
+    /// closes at once). A client such as `mkmodule connect` then reconnects to the restarted
+    /// server, losing nothing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    drain_timeout: u64,
 
     /// Make the exports writable through a copy-on-write overlay; the images are never written.
     /// Without FILE each export's overlay lives in memory (lost at exit, as large as what
@@ -343,6 +352,7 @@ pub fn run(args: Args) -> Result<()> {
     let reload = server.reload_handle();
     let signal_handle = signals.handle();
     let notify = Arc::clone(&notifier);
+    let drain_timeout = args.drain_timeout;
     let signal_thread = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == signal_hook::consts::SIGHUP {
@@ -358,10 +368,17 @@ pub fn run(args: Args) -> Result<()> {
                 notify.notify(&format!("READY=1\nSTATUS={}", exports.status()));
                 continue;
             }
-            eprintln!("mkmodule: signal {signal}: stopping");
+            if stop.is_stopping() {
+                eprintln!("mkmodule: signal {signal} again: closing every connection now");
+                stop.stop();
+                break;
+            }
+            eprintln!(
+                "mkmodule: signal {signal}: stopping; answering the requests already received \
+                 (at most {drain_timeout} s), then closing"
+            );
             notify.notify("STOPPING=1\nSTATUS=stopping");
-            stop.stop();
-            break;
+            stop.drain(std::time::Duration::from_secs(drain_timeout));
         }
         exports
     });
