@@ -16,6 +16,10 @@ use crate::handshake::{negotiate, ExportInfo};
 use crate::identity::{probe, Identity};
 use crate::netlink::{DeviceSetup, NbdNetlink};
 
+/// The longest pause between two attempts: a restarted server is found within this much of
+/// its start.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
 /// What to attach and how.
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
@@ -346,7 +350,7 @@ impl Attachment {
                     )),
                 }
                 std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
+                delay = (delay * 2).min(MAX_BACKOFF);
             }
             self.current = (self.current + 1) % servers;
             if servers > 1 {

@@ -28,6 +28,8 @@ installkernel() {
 # called by dracut
 install() {
     inst_multiple nbd-client
+    # `mkmodule connect` reconnects and fails over; nbd-client is the fallback.
+    inst_multiple -o mkmodule
     # For a root verified by dm-verity (mkmodule.roothash=); without it such a boot refuses.
     inst_multiple -o veritysetup
     inst_simple /usr/lib/mkmodule/mkmodule-nbdroot /sbin/mkmodule-nbdroot

@@ -30,9 +30,10 @@ const DAEMON_ARGV0: &str = "@mkmodule-connect";
 
 Once attached, the command detaches into the background (argv[0] @mkmodule-connect, which
 systemd spares at shutdown) and prints the device. When a connection dies, requests wait up to
---dead-timeout while it reconnects: first to the same server (--attempts times, backing off),
-then to the next one in the list, round and round. A server that serves another image (size or
-sampled content differs) is refused and the next one is tried. Needs the nbd module
+--dead-timeout while it reconnects: first to the same server (--attempts times, backing off up
+to 0.5 s), then to the next one in the list, round and round. A server that serves another
+image (size or sampled content differs) is refused and the next one is tried. Stopping the
+process (SIGTERM) leaves the device as it is, without reconnection. Needs the nbd module
 (modprobe nbd) and root.")]
 pub struct Args {
     /// Servers (HOST[:PORT], [IPV6]:PORT, unix:PATH), in the order to try them, then optionally
@@ -48,8 +49,10 @@ pub struct Args {
     /// The device's block size (512, 1024, 2048 or 4096; default: the server's preferred size).
     #[arg(short = 'b', long, value_name = "BYTES")]
     block_size: Option<u64>,
-    /// Seconds before an unanswered request counts its connection dead and is sent again.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    /// Seconds before an unanswered request counts its connection dead and is sent again (on
+    /// the reconnected socket): after a server crash, the requests it had in flight wait this
+    /// long. Too low for a slow link only causes needless reconnections.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
     timeout: u64,
     /// Seconds requests wait for a reconnection when every connection is dead, before failing.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]

@@ -4,13 +4,16 @@
 //! - restarted 3 s later on the same port: the read finishes with the right checksum, no I/O
 //!   error reaches the guest's kernel log, and a second read (caches dropped) works too;
 //! - killed for good, with two more servers in the list, the first of which serves another
-//!   image: that one is refused, the guest finishes on the last one.
+//!   image: that one is refused, the guest finishes on the last one;
+//! - restarted as `systemctl restart` does under socket activation (SIGTERM, start again on
+//!   the same listening socket): the server answers what it has read before it stops.
 //!
 //! The payload read times (with the disruption, and the undisturbed second read) are printed;
 //! their difference is the stall the guest saw.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::boot::{boot, check_prerequisites, payload_block, root_image, Boot, Served};
@@ -25,9 +28,10 @@ fn payload_mid_offset(ext4: &Path) -> u64 {
     payload_block(ext4, 256) * 4096
 }
 
-/// Waits until `server` logs a READ that covers byte `target`, reading its log incrementally.
-fn wait_for_read_of(server: &Served, target: u64, limit: Duration) {
-    let mut log = std::fs::File::open(server.log_path()).unwrap();
+/// Waits until the server logging (with -v) to `log` logs a READ that covers byte `target`,
+/// reading the log incrementally.
+fn wait_for_read_of(log: &Path, target: u64, limit: Duration) {
+    let mut log = std::fs::File::open(log).unwrap();
     let mut seen = String::new();
     let start = Instant::now();
     let covers = |line: &str| -> bool {
@@ -55,6 +59,97 @@ fn wait_for_read_of(server: &Served, target: u64, limit: Duration) {
         }
         assert!(start.elapsed() < limit, "the guest never read the payload");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Holds a listening socket on 127.0.0.1 as systemd does for a socket unit and runs
+/// `mkmodule serve` on it (LISTEN_FDS); on "restart" it sends SIGTERM, waits, starts it again.
+const SOCKET_HOLDER: &str = r#"
+import os, signal, socket, subprocess, sys
+port, log, exe, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(128)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+out = open(log, "ab")
+def start():
+    return subprocess.Popen(
+        ["sh", "-c", 'LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" serve "$@"', exe] + args,
+        pass_fds=(3,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out)
+child = start()
+print("started", flush=True)
+for line in sys.stdin:
+    if line.strip() != "restart":
+        break
+    child.send_signal(signal.SIGTERM)
+    code = child.wait(timeout=60)
+    child = start()
+    print("restarted %d" % code, flush=True)
+child.terminate()
+child.wait(timeout=60)
+"#;
+
+/// The socket holder and its server; stopped by its own id on drop.
+struct SocketActivated {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl SocketActivated {
+    fn start(dir: &Path, args: &[&str]) -> SocketActivated {
+        let port = mkmodule_testkit::process::free_port();
+        let log = dir.join("socket-activated.log");
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", SOCKET_HOLDER, &port.to_string()])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_mkmodule"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut held = SocketActivated {
+            child,
+            stdin,
+            stdout,
+            port,
+            log,
+        };
+        assert_eq!(held.line(), "started");
+        held
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    /// SIGTERM, wait, start again; returns the stopped server's exit status.
+    fn restart(&mut self) -> String {
+        writeln!(self.stdin, "restart").unwrap();
+        self.line()
+    }
+}
+
+impl Drop for SocketActivated {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "stop");
+        let stopped = mkmodule_testkit::process::wait_until(Duration::from_secs(30), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -118,7 +213,7 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
     let first = Served::start(d, &["-v", &export]);
     let port = first.port;
     let (guest, _console) = start_boot(d, &format!("10.0.2.2:{port}"), "restart");
-    wait_for_read_of(&first, target, Duration::from_secs(150));
+    wait_for_read_of(first.log_path(), target, Duration::from_secs(150));
     first.kill();
     std::thread::sleep(Duration::from_secs(3));
     let started = Instant::now();
@@ -148,7 +243,7 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
         dying.port, wrong.port, right.port
     );
     let (guest, console) = start_boot(d, &servers, "failover");
-    wait_for_read_of(&dying, target, Duration::from_secs(150));
+    wait_for_read_of(dying.log_path(), target, Duration::from_secs(150));
     dying.kill();
     let failed_over = guest.join().expect("the boot thread");
     assert_read_through(&failed_over, &image.payload_md5, "failover");
@@ -166,14 +261,50 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
         right.log()
     );
 
+    drop((wrong, right));
+
+    // 3. `systemctl restart` under socket activation: SIGTERM (the server drains), start again.
+    let mut held = SocketActivated::start(d, &["-v", &export]);
+    let (guest, _console) = start_boot(d, &format!("10.0.2.2:{}", held.port), "socket");
+    wait_for_read_of(&held.log, target, Duration::from_secs(150));
+    let started = Instant::now();
+    assert_eq!(
+        held.restart(),
+        "restarted 0",
+        "the draining server did not exit cleanly"
+    );
+    let restart_took = started.elapsed();
+    let socket_restarted = guest.join().expect("the boot thread");
+    assert_read_through(
+        &socket_restarted,
+        &image.payload_md5,
+        "socket activation restart",
+    );
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(
+        log.contains("answering the requests already received"),
+        "the server did not drain:\n{log}"
+    );
+    let timed_out = socket_restarted
+        .lines
+        .iter()
+        .filter(|l| l.contains("timed out"))
+        .count();
+    drop(held);
+
     eprintln!(
         "CONNECT FIGURES ({PAYLOAD_MIB} MiB payload, guest seconds): server killed mid-read and \
          restarted 3 s later (its start took {:.2} s): read {:.2} s vs {:.2} s undisturbed; \
-         killed for good, failover past a server with another image: read {:.2} s vs {:.2} s",
+         killed for good, failover past a server with another image: read {:.2} s vs {:.2} s; \
+         SIGTERM + start under socket activation (took {:.2} s): read {:.2} s vs {:.2} s, \
+         {timed_out} request timeout(s) in the guest's log",
         server_start.as_secs_f64(),
         seconds_of(&restarted, "payload md5="),
         seconds_of(&restarted, "payload2 md5="),
         seconds_of(&failed_over, "payload md5="),
         seconds_of(&failed_over, "payload2 md5="),
+        restart_took.as_secs_f64(),
+        seconds_of(&socket_restarted, "payload md5="),
+        seconds_of(&socket_restarted, "payload2 md5="),
     );
 }

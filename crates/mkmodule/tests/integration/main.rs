@@ -15,6 +15,7 @@ mod cli_words;
 mod common_create;
 mod common_read;
 mod common_tools;
+mod connect;
 mod cow;
 mod create_errors;
 mod create_interop;
