@@ -3,9 +3,10 @@
 //!
 //! For boot servers: systemd socket activation (inherited listening sockets), readiness
 //! notification (`READY=1`, `RELOADING=1`, `STOPPING=1`), and SIGHUP, which re-reads the export
-//! list (`--exports-file`) and reopens changed images without dropping a connection. The Linux
-//! kernel's NBD client never reconnects: a server behind a mounted root filesystem must stay up,
-//! so SIGHUP, not a restart, is how its exports change.
+//! list (`--exports-file`) and reopens changed images without dropping a connection. SIGTERM
+//! drains: the requests already read are answered before the connections close, so clients
+//! attached with `mkmodule connect` reconnect to the restarted server without losing any
+//! (nbd-client never reconnects: for its machines, SIGHUP, not a restart, changes exports).
 
 mod exports;
 
