@@ -26,6 +26,9 @@
 #   --mkmodule PATH   (--nbd) put this mkmodule binary (stripped) in the initramfs: the helper
 #                     then attaches the root with `mkmodule connect`, which stays resident and
 #                     reconnects (servers after the first are its failover list)
+#   --busy-check      (with --mkmodule) after attaching, the initramfs runs a second
+#                     `mkmodule connect` on the same device and prints its error:
+#                     "=== second connect: MESSAGE"
 #   --reread          the root's init reads /payload a second time (caches dropped) after the
 #                     marker's checks, printing "=== payload2 md5=HEX seconds=S"
 #   --verity ROOTHASH (--nbd) verify the root with dm-verity: the initramfs gets veritysetup,
@@ -76,6 +79,7 @@ RW=0
 TOKEN=
 ROOTHASH=
 MKMODULE=
+BUSY_CHECK=0
 REREAD=0
 TIMEOUT=120
 MEMORY=256
@@ -105,6 +109,7 @@ while (($#)); do
     --verity) ROOTHASH=${2:?}; shift 2 ;;
     --mkmodule) MKMODULE=${2:?}; shift 2 ;;
     --reread) REREAD=1; shift ;;
+    --busy-check) BUSY_CHECK=1; shift ;;
     --kernel-dir) KDIR=${2:?}; shift 2 ;;
     --qemu) QEMU=${2:?}; shift 2 ;;
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
@@ -375,6 +380,12 @@ nbd)
     while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
     mkmodule-nbdroot mount /newroot || fail "mkmodule-nbdroot mount /newroot"
     dev=$(mkmodule-nbdroot root-device)
+    if grep -q mkmodule.test.busy /proc/cmdline; then
+        for word in $(cat /proc/cmdline); do
+            case $word in mkmodule.server=*) srv=${word#*=} ;; mkmodule.export=*) exp=${word#*=} ;; esac
+        done
+        echo "=== second connect: $(mkmodule connect "${srv%%,*}" -x "$exp" /dev/nbd0 --foreground 2>&1 | tail -n 1)"
+    fi
     ;;
 *) fail "no mkmodule.test.boot= on the command line" ;;
 esac
@@ -391,6 +402,7 @@ APPEND="console=ttyS0 panic=-1 loglevel=3 mkmodule.test.boot=$MODE rootfstype=ex
 if ((RW)); then APPEND+=" rw"; else APPEND+=" ro"; fi
 [[ -n $TOKEN ]] && APPEND+=" mkmodule.test.write=$TOKEN"
 ((REREAD)) && APPEND+=" mkmodule.test.reread"
+((BUSY_CHECK)) && APPEND+=" mkmodule.test.busy"
 DEVICES=()
 if [[ $MODE == virtio ]]; then
     drive="file=$TARGET,format=raw,if=virtio"

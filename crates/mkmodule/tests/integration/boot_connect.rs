@@ -167,6 +167,7 @@ fn start_boot(
     dir: &Path,
     servers: &str,
     tag: &str,
+    extra: &[&str],
 ) -> (std::thread::JoinHandle<Boot>, std::path::PathBuf) {
     let console = dir.join(format!("console-{tag}.log"));
     let args = vec![
@@ -184,6 +185,10 @@ fn start_boot(
         "--console".into(),
         console.display().to_string(),
     ];
+    let args: Vec<String> = args
+        .into_iter()
+        .chain(extra.iter().map(ToString::to_string))
+        .collect();
     (std::thread::spawn(move || boot(&args)), console)
 }
 
@@ -212,7 +217,8 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
     // 1. Killed mid-read, restarted 3 s later on the same port.
     let first = Served::start(d, &["-v", &export]);
     let port = first.port;
-    let (guest, _console) = start_boot(d, &format!("10.0.2.2:{port}"), "restart");
+    let (guest, _console) =
+        start_boot(d, &format!("10.0.2.2:{port}"), "restart", &["--busy-check"]);
     wait_for_read_of(first.log_path(), target, Duration::from_secs(150));
     first.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -221,6 +227,13 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
     let server_start = started.elapsed();
     let restarted = guest.join().expect("the boot thread");
     assert_read_through(&restarted, &image.payload_md5, "restart");
+    assert!(
+        restarted
+            .lines
+            .iter()
+            .any(|l| l.starts_with("second connect: ") && l.contains("/dev/nbd0 is already in use")),
+        "a second attach of a busy device must say so: {restarted:#?}"
+    );
     assert!(
         second.log().contains("export=\"root\""),
         "the guest did not come back to the restarted server:\n{}",
@@ -242,7 +255,7 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
         "10.0.2.2:{},10.0.2.2:{},10.0.2.2:{}",
         dying.port, wrong.port, right.port
     );
-    let (guest, console) = start_boot(d, &servers, "failover");
+    let (guest, console) = start_boot(d, &servers, "failover", &[]);
     wait_for_read_of(dying.log_path(), target, Duration::from_secs(150));
     dying.kill();
     let failed_over = guest.join().expect("the boot thread");
@@ -265,7 +278,7 @@ fn guest_keeps_its_root_across_a_server_kill_and_restart_and_fails_over() {
 
     // 3. `systemctl restart` under socket activation: SIGTERM (the server drains), start again.
     let mut held = SocketActivated::start(d, &["-v", &export]);
-    let (guest, _console) = start_boot(d, &format!("10.0.2.2:{}", held.port), "socket");
+    let (guest, _console) = start_boot(d, &format!("10.0.2.2:{}", held.port), "socket", &[]);
     wait_for_read_of(&held.log, target, Duration::from_secs(150));
     let started = Instant::now();
     assert_eq!(
