@@ -230,8 +230,13 @@ impl Attachment {
     }
 
     /// Keeps the device attached until `stop` is set: each connection the kernel declares
-    /// dead is replaced by a new one to a server with the same image.
-    pub fn supervise(mut self, stop: &AtomicBool) -> Result<(), AttachError> {
+    /// dead is replaced by a new one to a server with the same image; `on_reconnect` hears of
+    /// each replacement with the server now in use.
+    pub fn supervise(
+        mut self,
+        stop: &AtomicBool,
+        on_reconnect: impl Fn(&ServerAddress),
+    ) -> Result<(), AttachError> {
         let events = self.netlink.link_dead_events()?;
         // Our copies of sockets that hung up, and since when (the kernel marks a connection
         // dead when it reads the end of the stream; the event says it did).
@@ -281,6 +286,7 @@ impl Attachment {
                         ));
                         self.sockets[slot] = connection.socket;
                         hung_since[slot] = None;
+                        on_reconnect(self.server());
                         dead_reported = dead_reported.saturating_sub(1);
                     }
                     Err(e) => (self.log)(&format!(

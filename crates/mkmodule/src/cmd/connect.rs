@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use mkmodule_connect::{AttachOptions, Attachment, NbdNetlink, ServerAddress};
+use mkmodule_connect::{AttachOptions, Attachment, Identity, NbdNetlink, ServerAddress};
 
 /// Where each resident `connect` records what it serves, for `--list`.
 const STATE_DIR: &str = "/run/mkmodule/connect";
@@ -184,7 +184,9 @@ fn attach_and_supervise(options: AttachOptions) -> Result<()> {
         attachment.identity,
         attachment.connections()
     ));
-    write_state(&attachment, &export);
+    let (index, identity) = (attachment.index, attachment.identity.clone());
+    let record = |server: &ServerAddress| write_state(index, server, &export, &identity);
+    record(attachment.server());
     if std::env::var_os("MKMODULE_CONNECT_READY").is_some() {
         // The parent waits for this line, then exits; nothing else goes to stdout.
         let mut out = std::io::stdout();
@@ -204,9 +206,8 @@ fn attach_and_supervise(options: AttachOptions) -> Result<()> {
         Arc::new(AtomicBool::new(false)),
     )
     .context("installing signal handlers")?;
-    let index = attachment.index;
     attachment
-        .supervise(&stop)
+        .supervise(&stop, record)
         .with_context(|| format!("keeping {device} attached"))?;
     log(&format!(
         "{device}: stopped watching (the device stays as it is)"
@@ -216,15 +217,13 @@ fn attach_and_supervise(options: AttachOptions) -> Result<()> {
 }
 
 /// Records the device's server and export for `--list` (best effort: /run may be read-only).
-fn write_state(attachment: &Attachment, export: &str) {
+fn write_state(index: u32, server: &ServerAddress, export: &str, identity: &Identity) {
     let text = format!(
-        "pid={} server={} export={export:?} identity=\"{}\"\n",
-        std::process::id(),
-        attachment.server(),
-        attachment.identity
+        "pid={} server={server} export={export:?} identity=\"{identity}\"\n",
+        std::process::id()
     );
-    let _ = std::fs::create_dir_all(STATE_DIR)
-        .and_then(|()| std::fs::write(state_file(attachment.index), text));
+    let _ =
+        std::fs::create_dir_all(STATE_DIR).and_then(|()| std::fs::write(state_file(index), text));
 }
 
 fn list() -> Result<()> {
