@@ -9,6 +9,7 @@ packages=(
     zstd             # zstd: checks our zstd blocks are standard frames, and decodes its frames
     libnbd-bin       # nbdinfo, nbdcopy, nbdsh, nbdfuse: NBD clients
     python3-libnbd   # libnbd for the shared NBD probe scripts
+    python3-lzo      # liblzo2, the reference LZO1X codec our LZO blocks are checked against
     nbdkit           # reference NBD server for comparisons
     fio              # NBD load generator
     e2fsprogs        # mkfs.ext4, e2fsck, debugfs for filesystem test images
@@ -28,3 +29,4 @@ fi
 echo "install-deps: all of ${packages[*]} present"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-guest-kernel.sh"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-fuzz.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-cargo-deny.sh"
