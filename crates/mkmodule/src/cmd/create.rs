@@ -23,7 +23,7 @@ use mkmodule_pack::{
 mod verity;
 
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
-use crate::progress::bytes_bar;
+use crate::progress::{Progress, ProgressArg, ProgressMode, Unit};
 use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule create`.
@@ -86,6 +86,9 @@ pub struct Args {
     /// No progress bar and no summary line.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub progress: ProgressArg,
 
     /// Print the summary as JSON (on standard output; on standard error when the image goes to
     /// standard output).
@@ -208,6 +211,7 @@ struct Job {
     size: Option<u64>,
     force: bool,
     quiet: bool,
+    progress: ProgressMode,
     json: bool,
     /// The dm-verity tree's parameters (`--verity`).
     verity: Option<mkmodule_pack::verity::VerityParams>,
@@ -274,6 +278,7 @@ impl Job {
             size,
             force: args.force,
             quiet: args.quiet,
+            progress: args.progress.mode(args.quiet),
             json: args.json,
             verity,
         })
@@ -473,7 +478,7 @@ fn run_pack(
     tree: Option<&mut HashTreeBuilder<File>>,
 ) -> Result<PackSummary> {
     let total = job.plan.input_len;
-    let bar = bytes_bar(total, "creating", job.quiet);
+    let bar = Progress::new(job.progress, "create", "compress", Unit::Bytes, total);
     let bs = u64::from(job.plan.block_size);
     let blocks_total = total.map(|t| t.div_ceil(bs).max(1));
     let progress = |event: ProgressEvent| match event {
@@ -489,13 +494,18 @@ fn run_pack(
                 bar.set_message(format!("block {blocks}{of}, ratio {ratio:.3}"));
             }
         }
-        ProgressEvent::Finishing => bar.set_message("writing the index"),
+        ProgressEvent::Finishing => {
+            bar.set_phase("index");
+            bar.set_message("writing the index");
+        }
     };
     let result = match tree {
         Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
         None => pack_with_plan(input, sink, &job.plan, &progress),
     };
-    bar.finish_and_clear();
+    if result.is_ok() {
+        bar.finish();
+    }
     result.map_err(|error| match error {
         PackError::Read { .. } => {
             let input = match &job.input {
