@@ -16,6 +16,7 @@ packages=(
     systemd          # systemd-socket-activate, systemd-analyze: socket activation tests
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
+    man-db           # man: checks that the manual page of `mkmodule docs man` renders
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,6 +17,7 @@ mod cow;
 mod create_errors;
 mod create_interop;
 mod create_roundtrip;
+mod docs;
 mod extract;
 mod faults;
 mod hostile_images;
