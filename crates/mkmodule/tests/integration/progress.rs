@@ -68,9 +68,10 @@ fn check_sequence(lines: &[Value], command: &str, total: Option<u64>, expect_don
     last
 }
 
-/// A 3 MiB input file and its image in `dir`.
+/// A 4 MiB input file, its last MiB zeros (blocks the readers skip), and its image in `dir`.
 fn input_and_image(dir: &Path) -> (Vec<u8>, u64) {
-    let data = mixed(3 << 20);
+    let mut data = mixed(3 << 20);
+    data.resize(4 << 20, 0);
     put(dir, "in.raw", &data);
     ok(dir, &["create", "in.raw", "-o", "in.cloop", "-q"], None);
     (data.clone(), data.len() as u64)
@@ -129,7 +130,7 @@ fn progress_json_of_extract_and_verify_counts_the_image() {
 
     let args = ["verify", "in.cloop", "-q", "--progress=json"];
     let stderr = stderr_of(dir.path(), &args, None);
-    // 3 MiB is a whole number of the default 64 KiB blocks: padded size = input length.
+    // 4 MiB is a whole number of the default 64 KiB blocks: padded size = input length.
     check_sequence(&only_json_lines(&stderr), "verify", Some(len), len);
 }
 
