@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The help of `--progress`, with the JSON line format that wrappers parse.
+/// The `-h` line of `--progress`.
+const PROGRESS_SHORT_HELP: &str =
+    "How to show progress on standard error (--help: the JSON lines) [default: auto, none with -q]";
+
+/// The `--help` text of `--progress`, with the JSON line format that wrappers parse.
 const PROGRESS_HELP: &str = "\
 How to show progress on standard error: auto (a bar when standard error is a terminal, \
 nothing otherwise), bar, json or none [default: auto, none with -q]
@@ -40,8 +44,8 @@ pub enum ProgressMode {
 /// The `--progress` option of the long commands.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ProgressArg {
-    #[arg(long, value_name = "HOW", value_enum, long_help = PROGRESS_HELP,
-          help = "Progress on standard error: auto, bar, json or none [default: auto, none with -q]")]
+    #[arg(long, value_name = "HOW", value_enum)]
+    #[arg(help = PROGRESS_SHORT_HELP, long_help = PROGRESS_HELP)]
     progress: Option<ProgressMode>,
 }
 
