@@ -218,6 +218,12 @@ struct Job {
 }
 
 impl Job {
+    /// The progress of this job: the input's bytes, done when the output is in place.
+    fn progress(&self) -> Progress {
+        let total = self.plan.input_len;
+        Progress::new(self.progress, "create", "compress", Unit::Bytes, total)
+    }
+
     fn from_args(args: Args) -> Result<Job> {
         let block_size = parse_size(&args.block_size)
             .map_err(|e| anyhow!("--block-size: {e}"))
@@ -303,9 +309,16 @@ pub fn run(args: Args) -> Result<()> {
                 .as_fd()
                 .try_clone_to_owned()
                 .context("cannot use standard output")?;
-            write_direct(&job, input, File::from(stdout), "standard output")
+            let progress = job.progress();
+            write_direct(
+                &job,
+                &progress,
+                input,
+                File::from(stdout),
+                "standard output",
+            )
         }
-        OutputSpec::Path(path) => write_path(&job, input, &path),
+        OutputSpec::Path(path) => write_path(&job, &job.progress(), input, &path),
     }
 }
 
@@ -361,7 +374,13 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 
 /// Writes to an output we do not own (standard output, an existing device): in place when it
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
-fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
+fn write_direct(
+    job: &Job,
+    progress: &Progress,
+    input: File,
+    mut out: File,
+    name: &str,
+) -> Result<()> {
     if job.verity.is_some() {
         bail!("--verity needs a regular output file, not {name}: the hash tree goes beside it");
     }
@@ -371,13 +390,14 @@ fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()>
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
     };
-    match run_pack(job, input, sink, name, None) {
+    match run_pack(job, progress, input, sink, name, None) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
                     .with_context(|| format!("cannot set the length of {name}"))?;
             }
             out.flush().ok();
+            progress.finish();
             report(job, &summary, name, None)
         }
         Err(error) => {
@@ -391,7 +411,7 @@ fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()>
 }
 
 /// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
-fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
+fn write_path(job: &Job, progress: &Progress, input: File, path: &Path) -> Result<()> {
     match Destination::of(path) {
         Destination::Directory => bail!(
             "the output {} is a directory: name a file, e.g. {}",
@@ -415,7 +435,8 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
             } else {
                 "the special file"
             };
-            return write_direct(job, input, out, &format!("{kind} {}", path.display()));
+            let name = format!("{kind} {}", path.display());
+            return write_direct(job, progress, input, out, &name);
         }
     }
     let replace = if job.force {
@@ -453,7 +474,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         },
         _ => Sink::Stream(&mut out),
     };
-    let summary = run_pack(job, input, sink, &name, tree.as_mut())?;
+    let summary = run_pack(job, progress, input, sink, &name, tree.as_mut())?;
     drop(out);
     let hash_name = hash_path.display().to_string();
     let finished = match (tree, sidecar.as_mut()) {
@@ -465,20 +486,21 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         sidecar.commit(&hash_name)?;
     }
     let verity = finished.as_ref().map(|tree| (tree, hash_name.as_str()));
+    progress.finish();
     report(job, &summary, &name, verity)
 }
 
-/// Runs the packer with a progress bar. Errors reading the input name it; errors writing the
+/// Runs the packer, reporting to `bar`. Errors reading the input name it; errors writing the
 /// image name `out_name`.
 fn run_pack(
     job: &Job,
+    bar: &Progress,
     input: File,
     sink: Sink<'_>,
     out_name: &str,
     tree: Option<&mut HashTreeBuilder<File>>,
 ) -> Result<PackSummary> {
     let total = job.plan.input_len;
-    let bar = Progress::new(job.progress, "create", "compress", Unit::Bytes, total);
     let bs = u64::from(job.plan.block_size);
     let blocks_total = total.map(|t| t.div_ceil(bs).max(1));
     let progress = |event: ProgressEvent| match event {
@@ -503,9 +525,6 @@ fn run_pack(
         Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
         None => pack_with_plan(input, sink, &job.plan, &progress),
     };
-    if result.is_ok() {
-        bar.finish();
-    }
     result.map_err(|error| match error {
         PackError::Read { .. } => {
             let input = match &job.input {
