@@ -318,7 +318,7 @@ pub fn run(args: Args) -> Result<()> {
                 "standard output",
             )
         }
-        OutputSpec::Path(path) => write_path(&job, &job.progress(), input, &path),
+        OutputSpec::Path(path) => write_path(&job, input, &path),
     }
 }
 
@@ -411,7 +411,7 @@ fn write_direct(
 }
 
 /// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
-fn write_path(job: &Job, progress: &Progress, input: File, path: &Path) -> Result<()> {
+fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
     match Destination::of(path) {
         Destination::Directory => bail!(
             "the output {} is a directory: name a file, e.g. {}",
@@ -436,7 +436,7 @@ fn write_path(job: &Job, progress: &Progress, input: File, path: &Path) -> Resul
                 "the special file"
             };
             let name = format!("{kind} {}", path.display());
-            return write_direct(job, progress, input, out, &name);
+            return write_direct(job, &job.progress(), input, out, &name);
         }
     }
     let replace = if job.force {
@@ -450,6 +450,7 @@ fn write_path(job: &Job, progress: &Progress, input: File, path: &Path) -> Resul
         None => None,
     };
     let mut temp = OutputFile::create(path, replace)?;
+    let progress = &job.progress();
     let name = path.display().to_string();
     let mut tree = match &job.verity {
         Some(params) => Some(verity::builder(params.clone(), temp.dir())?),

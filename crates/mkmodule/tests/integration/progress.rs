@@ -191,3 +191,16 @@ fn progress_help_documents_the_json_lines() {
         }
     }
 }
+
+#[test]
+fn progress_json_starts_only_once_the_output_is_accepted() {
+    let dir = tempdir();
+    put(dir.path(), "in.raw", &mixed(1 << 20));
+    put(dir.path(), "out.cloop", b"taken");
+    let args = ["create", "in.raw", "-o", "out.cloop", "--progress=json"];
+    let out = run_in(dir.path(), &args, None);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(json_lines(&out.stderr).is_empty(), "{text}");
+    assert!(text.contains("exists"), "{text}");
+}
