@@ -9,12 +9,14 @@ packages=(
     zstd             # zstd: checks our zstd blocks are standard frames, and decodes its frames
     libnbd-bin       # nbdinfo, nbdcopy, nbdsh, nbdfuse: NBD clients
     python3-libnbd   # libnbd for the shared NBD probe scripts
+    python3-lzo      # liblzo2, the reference LZO1X codec our LZO blocks are checked against
     nbdkit           # reference NBD server for comparisons
     fio              # NBD load generator
     e2fsprogs        # mkfs.ext4, e2fsck, debugfs for filesystem test images
     systemd          # systemd-socket-activate, systemd-analyze: socket activation tests
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
+    man-db           # man: checks that the manual page of `mkmodule docs man` renders
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -28,3 +30,4 @@ fi
 echo "install-deps: all of ${packages[*]} present"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-guest-kernel.sh"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-fuzz.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-cargo-deny.sh"

@@ -6,9 +6,4 @@
 # so `cargo xtask fuzz` runs it with RUSTC_BOOTSTRAP=1. Nothing else is needed: libFuzzer's C++
 # sources are built by libfuzzer-sys with the machine's C++ compiler.
 set -euo pipefail
-if cargo fuzz --version >/dev/null 2>&1; then
-    echo "install-fuzz: $(cargo fuzz --version) present"
-    exit 0
-fi
-cargo install cargo-fuzz --locked
-echo "install-fuzz: $(cargo fuzz --version) installed"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/install-cargo-tool.sh" fuzz cargo-fuzz

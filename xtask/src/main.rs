@@ -6,6 +6,7 @@ mod bench_serve;
 mod common;
 mod compare;
 mod demo;
+mod deny;
 mod fuzz;
 
 use std::process::Command;
@@ -15,8 +16,11 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci      cargo fmt --check, clippy with -D warnings, the whole test suite, then every fuzz
-          target for 30 s (needs cargo-fuzz: scripts/install-fuzz.sh)
+  ci      cargo fmt --check, cargo deny (licences, bans, sources; advisories when the RustSec
+          database can be fetched; needs cargo-deny: scripts/install-cargo-deny.sh), clippy
+          with -D warnings, the whole test suite, then every fuzz target for 30 s (needs
+          cargo-fuzz: scripts/install-fuzz.sh)
+  deny    the cargo deny checks of ci alone
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
           with qemu-img and extract_compressed_fs
   bench-create [--runs N] [CORPUS_FILE...]
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "ci" => ci(),
+        "deny" => deny::deny(),
         "demo" => demo::demo(),
         "bench-create" => bench_create::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench-read" => bench_read::bench_read(std::env::args_os().nth(2).map(Into::into)),
@@ -78,9 +83,11 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 /// Seconds each fuzz target runs in `ci` (7 targets: about 4 minutes, plus the fuzz build).
 const CI_FUZZ_SECONDS: u64 = 30;
 
-/// The full check CI runs: formatting, lints, every test, then a short run of every fuzz target.
+/// The full check CI runs: formatting, the dependency rules, lints, every test, then a short run
+/// of every fuzz target.
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    deny::deny()?;
     cargo(&[
         "clippy",
         "--workspace",

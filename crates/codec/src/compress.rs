@@ -10,6 +10,10 @@ use crate::{CodecError, CodecSpec};
 /// The smallest LZMA2 dictionary liblzma accepts.
 const XZ_MIN_DICT: u32 = 4096;
 
+/// An LZO1X stream of no bytes: the end-of-stream instruction alone, as liblzo2 writes it.
+#[cfg(feature = "lzo")]
+const LZO_END_MARKER: [u8; 3] = [0x11, 0x00, 0x00];
+
 /// The codec context a [`BlockCompressor`] keeps between blocks.
 enum Engine {
     Zlib(libdeflater::Compressor),
@@ -17,7 +21,7 @@ enum Engine {
     Xz(u32),
     Lz4,
     #[cfg(feature = "lzo")]
-    Lzo(lzo1x::CompressLevel),
+    Lzo(Box<lzokay::compress::Dict>),
     None,
 }
 
@@ -63,9 +67,7 @@ impl BlockCompressor {
             }
             CodecKind::Lz4 => Engine::Lz4,
             #[cfg(feature = "lzo")]
-            CodecKind::Lzo => Engine::Lzo(lzo1x::CompressLevel::new(
-                u8::try_from(level).unwrap_or(u8::MAX),
-            )),
+            CodecKind::Lzo => Engine::Lzo(lzokay::compress::Dict::new()),
             #[cfg(not(feature = "lzo"))]
             CodecKind::Lzo => return Err(CodecError::Unsupported { codec: kind }),
             CodecKind::None => Engine::None,
@@ -102,10 +104,16 @@ impl BlockCompressor {
                     .map_err(|e| CodecError::backend(kind, e))?;
                 out.truncate(n);
             }
+            // lzokay encodes no input as an invalid stream (a stray first byte before the end
+            // marker, which liblzo2 refuses); liblzo2 writes the end marker alone.
             #[cfg(feature = "lzo")]
-            Engine::Lzo(level) => {
-                // The lzo1x crate only returns a fresh Vec; keep the caller's buffer anyway.
-                out.extend_from_slice(&lzo1x::compress(input, *level));
+            Engine::Lzo(_) if input.is_empty() => out.extend_from_slice(&LZO_END_MARKER),
+            #[cfg(feature = "lzo")]
+            Engine::Lzo(dict) => {
+                out.resize(lzokay::compress::compress_worst_size(input.len()), 0);
+                let n = lzokay::compress::compress_no_alloc(input, out, dict)
+                    .map_err(|e| CodecError::backend(kind, e))?;
+                out.truncate(n);
             }
             Engine::None => out.extend_from_slice(input),
         }

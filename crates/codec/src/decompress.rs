@@ -53,8 +53,7 @@ impl BlockDecompressor {
     /// integrity check, and on a block that would decode to more than `out.len()` bytes. A block
     /// may decode shorter than `out` (a uzip final block); callers decide whether that is fine,
     /// or use [`BlockDecompressor::decompress_exact`]. Bytes of `out` past the returned count
-    /// are unspecified (the LZ4 decoder may use them as scratch). LZO is the exception: its decoder needs
-    /// the exact decoded length, so an LZO block that does not fill `out` exactly is an error.
+    /// are unspecified (the LZ4 decoder may use them as scratch).
     pub fn decompress(
         &mut self,
         kind: CodecKind,
@@ -256,23 +255,23 @@ fn lz4(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
     })
 }
 
-/// One raw LZO1X block (no lzop header); it must decode to exactly `out.len()` bytes.
+/// One raw LZO1X block (no lzop header): the whole input is one stream ending in its end marker.
 #[cfg(feature = "lzo")]
 fn lzo(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
     let codec = CodecKind::Lzo;
-    lzo1x::decompress(input, out).map_err(|e| match e {
-        lzo1x::DecompressError::InvalidInput => {
-            CodecError::corrupt(codec, "invalid LZO1X data, truncated, or trailing bytes")
-        }
-        lzo1x::DecompressError::OutputLength => CodecError::corrupt(
+    lzokay::decompress::decompress(input, out).map_err(|e| match e {
+        lzokay::Error::OutputOverrun => CodecError::OutputTooLarge {
             codec,
-            format!(
-                "does not decode to exactly {} bytes (the LZO decoder cannot report the length)",
-                out.len()
-            ),
-        ),
-    })?;
-    Ok(out.len())
+            limit: out.len(),
+        },
+        lzokay::Error::InputOverrun => {
+            CodecError::corrupt(codec, "truncated: the block ends inside the LZO1X stream")
+        }
+        lzokay::Error::InputNotConsumed => {
+            CodecError::corrupt(codec, "bytes after the end of the LZO1X stream")
+        }
+        other => CodecError::corrupt(codec, format!("invalid LZO1X data: {other}")),
+    })
 }
 
 /// LZO is not compiled in.

@@ -283,7 +283,7 @@ fn place_blocks(
 /// The fastest level of `codec`.
 fn fastest_level(codec: CodecKind) -> CodecSpec {
     let level = match codec {
-        CodecKind::Zlib | CodecKind::Zstd | CodecKind::Lzo => 1,
+        CodecKind::Zlib | CodecKind::Zstd => 1,
         CodecKind::Xz => 0,
         _ => return CodecSpec::with_default_level(codec),
     };

@@ -29,6 +29,7 @@ pub fn debian_package(tool: &str) -> &'static str {
         "cpio" => "cpio",
         "kill" => "procps",
         "veritysetup" => "cryptsetup-bin",
+        "man" => "man-db",
         _ => "the package that provides it",
     }
 }

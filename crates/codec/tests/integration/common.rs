@@ -20,10 +20,6 @@ pub fn level_specs() -> Vec<CodecSpec> {
     ] {
         specs.push(text.parse().unwrap());
     }
-    if cfg!(feature = "lzo") {
-        specs.push("lzo:1".parse().unwrap());
-        specs.push("lzo:13".parse().unwrap());
-    }
     specs
 }
 

@@ -2,12 +2,10 @@
 //! `mkmodule-bench` crate: arguments become a validated sweep before any I/O, progress goes to
 //! a bar on stderr, results to stdout as a table, JSON or CSV, and optionally an SVG plot.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mkmodule_bench::report::fmt_us;
 use mkmodule_bench::{
     parse_duration, plan_cells, plot, size_label, Audience, Event, MeasureOptions, Phase,
@@ -15,6 +13,7 @@ use mkmodule_bench::{
 };
 use mkmodule_pack::{check_block_size, CodecChoice};
 
+use crate::progress::{Progress, ProgressArg, ProgressMode, Unit};
 use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule bench`.
@@ -96,6 +95,9 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub progress: ProgressArg,
 }
 
 /// The `--codecs` help, with the codec list `create` itself gives.
@@ -139,7 +141,7 @@ struct Plan {
     plot: Option<PathBuf>,
     json: bool,
     csv: bool,
-    quiet: bool,
+    progress: ProgressMode,
     _work: tempfile::TempDir,
 }
 
@@ -224,7 +226,7 @@ impl Plan {
             plot: args.plot,
             json: args.json,
             csv: args.csv,
-            quiet: args.quiet,
+            progress: args.progress.mode(args.quiet),
             _work: work,
         })
     }
@@ -234,9 +236,11 @@ impl Plan {
 pub fn run(args: Args) -> Result<()> {
     let input = args.input.clone();
     let plan = Plan::from_args(args)?;
-    let bar = progress_bar(plan.config.cells.len() as u64, plan.quiet);
+    let cells = Some(plan.config.cells.len() as u64);
+    let bar = Progress::new(plan.progress, "bench", "sample", Unit::Combinations, cells);
     let on_event = |event: Event<'_>| match event {
         Event::Sampling { done, total } => {
+            bar.set_phase("sample");
             bar.set_message(format!(
                 "writing the sample: {} of {}",
                 human_bytes(done),
@@ -266,6 +270,7 @@ pub fn run(args: Args) -> Result<()> {
                 Phase::Decoding { .. } => "decoding".to_string(),
                 Phase::Reading => "random reads".to_string(),
             };
+            bar.set_phase("measure");
             bar.set_message(format!(
                 "[{}/{total}] {} {}: {what}",
                 index + 1,
@@ -287,8 +292,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let result = mkmodule_bench::run(&input, &plan.config, &on_event);
-    bar.finish_and_clear();
     let mut report = result?;
+    bar.finish();
     report.recommend(plan.max_latency, plan.audience);
     if let Some(path) = &plan.plot {
         std::fs::write(path, plot::svg(&report))
@@ -315,23 +320,6 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A bar counting finished combinations on stderr; hidden when stderr is not a terminal or
-/// with `-q`.
-fn progress_bar(cells: u64, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(cells);
-    if quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-        return bar;
-    }
-    if let Ok(style) =
-        ProgressStyle::with_template("bench [{bar:24}] {pos}/{len} {elapsed_precise} {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 #[cfg(test)]

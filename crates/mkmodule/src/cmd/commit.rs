@@ -18,7 +18,7 @@ use mkmodule_pack::{
 
 use crate::open::{main_codec, open_device, open_overlay, Found, OverlayStore};
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
-use crate::progress::bytes_bar;
+use crate::progress::{Progress, ProgressArg, Unit};
 use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule commit`.
@@ -76,6 +76,9 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+
+    #[command(flatten)]
+    progress: ProgressArg,
 }
 
 /// What the base image is written with, as far as the new image should follow it.
@@ -189,7 +192,8 @@ pub fn run(args: Args) -> Result<()> {
         &OverlayOptions::default(),
     )?;
     let stats = overlay.stats();
-    let bar = bytes_bar(Some(size), "commit", args.quiet);
+    let mode = args.progress.mode(args.quiet);
+    let bar = Progress::new(mode, "commit", "commit", Unit::Bytes, Some(size));
     // The merged view of the overlay as a stream, for the packer.
     let reader = bar.wrap_read(DeviceReader::new(overlay.as_ref()));
     let name = args.output.display().to_string();
@@ -204,7 +208,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => write_new_file(reader, &args, &plan, &name)?,
     };
-    bar.finish_and_clear();
+    bar.finish();
     eprintln!(
         "mkmodule: {} + {} ({} chunks of {} written, {} zeroed) -> {}: {} image, {} blocks of \
          {}, {} for {}",

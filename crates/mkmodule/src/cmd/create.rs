@@ -23,7 +23,7 @@ use mkmodule_pack::{
 mod verity;
 
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
-use crate::progress::bytes_bar;
+use crate::progress::{Progress, ProgressArg, ProgressMode, Unit};
 use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule create`.
@@ -86,6 +86,9 @@ pub struct Args {
     /// No progress bar and no summary line.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub progress: ProgressArg,
 
     /// Print the summary as JSON (on standard output; on standard error when the image goes to
     /// standard output).
@@ -208,12 +211,19 @@ struct Job {
     size: Option<u64>,
     force: bool,
     quiet: bool,
+    progress: ProgressMode,
     json: bool,
     /// The dm-verity tree's parameters (`--verity`).
     verity: Option<mkmodule_pack::verity::VerityParams>,
 }
 
 impl Job {
+    /// The progress of this job: the input's bytes, done when the output is in place.
+    fn progress(&self) -> Progress {
+        let total = self.plan.input_len;
+        Progress::new(self.progress, "create", "compress", Unit::Bytes, total)
+    }
+
     fn from_args(args: Args) -> Result<Job> {
         let block_size = parse_size(&args.block_size)
             .map_err(|e| anyhow!("--block-size: {e}"))
@@ -274,6 +284,7 @@ impl Job {
             size,
             force: args.force,
             quiet: args.quiet,
+            progress: args.progress.mode(args.quiet),
             json: args.json,
             verity,
         })
@@ -298,7 +309,14 @@ pub fn run(args: Args) -> Result<()> {
                 .as_fd()
                 .try_clone_to_owned()
                 .context("cannot use standard output")?;
-            write_direct(&job, input, File::from(stdout), "standard output")
+            let progress = job.progress();
+            write_direct(
+                &job,
+                &progress,
+                input,
+                File::from(stdout),
+                "standard output",
+            )
         }
         OutputSpec::Path(path) => write_path(&job, input, &path),
     }
@@ -356,7 +374,13 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 
 /// Writes to an output we do not own (standard output, an existing device): in place when it
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
-fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
+fn write_direct(
+    job: &Job,
+    progress: &Progress,
+    input: File,
+    mut out: File,
+    name: &str,
+) -> Result<()> {
     if job.verity.is_some() {
         bail!("--verity needs a regular output file, not {name}: the hash tree goes beside it");
     }
@@ -366,13 +390,14 @@ fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()>
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
     };
-    match run_pack(job, input, sink, name, None) {
+    match run_pack(job, progress, input, sink, name, None) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
                     .with_context(|| format!("cannot set the length of {name}"))?;
             }
             out.flush().ok();
+            progress.finish();
             report(job, &summary, name, None)
         }
         Err(error) => {
@@ -410,7 +435,8 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
             } else {
                 "the special file"
             };
-            return write_direct(job, input, out, &format!("{kind} {}", path.display()));
+            let name = format!("{kind} {}", path.display());
+            return write_direct(job, &job.progress(), input, out, &name);
         }
     }
     let replace = if job.force {
@@ -424,6 +450,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         None => None,
     };
     let mut temp = OutputFile::create(path, replace)?;
+    let progress = &job.progress();
     let name = path.display().to_string();
     let mut tree = match &job.verity {
         Some(params) => Some(verity::builder(params.clone(), temp.dir())?),
@@ -448,7 +475,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         },
         _ => Sink::Stream(&mut out),
     };
-    let summary = run_pack(job, input, sink, &name, tree.as_mut())?;
+    let summary = run_pack(job, progress, input, sink, &name, tree.as_mut())?;
     drop(out);
     let hash_name = hash_path.display().to_string();
     let finished = match (tree, sidecar.as_mut()) {
@@ -460,20 +487,21 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         sidecar.commit(&hash_name)?;
     }
     let verity = finished.as_ref().map(|tree| (tree, hash_name.as_str()));
+    progress.finish();
     report(job, &summary, &name, verity)
 }
 
-/// Runs the packer with a progress bar. Errors reading the input name it; errors writing the
+/// Runs the packer, reporting to `bar`. Errors reading the input name it; errors writing the
 /// image name `out_name`.
 fn run_pack(
     job: &Job,
+    bar: &Progress,
     input: File,
     sink: Sink<'_>,
     out_name: &str,
     tree: Option<&mut HashTreeBuilder<File>>,
 ) -> Result<PackSummary> {
     let total = job.plan.input_len;
-    let bar = bytes_bar(total, "creating", job.quiet);
     let bs = u64::from(job.plan.block_size);
     let blocks_total = total.map(|t| t.div_ceil(bs).max(1));
     let progress = |event: ProgressEvent| match event {
@@ -489,13 +517,15 @@ fn run_pack(
                 bar.set_message(format!("block {blocks}{of}, ratio {ratio:.3}"));
             }
         }
-        ProgressEvent::Finishing => bar.set_message("writing the index"),
+        ProgressEvent::Finishing => {
+            bar.set_phase("index");
+            bar.set_message("writing the index");
+        }
     };
     let result = match tree {
         Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
         None => pack_with_plan(input, sink, &job.plan, &progress),
     };
-    bar.finish_and_clear();
     result.map_err(|error| match error {
         PackError::Read { .. } => {
             let input = match &job.input {

@@ -17,7 +17,6 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use indicatif::ProgressBar;
 use mkmodule_blockdev::is_zero;
 use mkmodule_format::DigestAlgorithm;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
@@ -25,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ExitStatus, EXIT_DAMAGED};
 use crate::output::{Destination, OutputFile, Replace};
-use crate::progress::bytes_bar;
+use crate::progress::{Progress, ProgressArg, Unit};
 
 /// Arguments of `mkmodule extract`.
 #[derive(Debug, clap::Args)]
@@ -53,6 +52,8 @@ pub struct Args {
     /// Show no progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArg,
     /// Do not check what is written against the SHA-256 the trailer records.
     #[arg(long)]
     pub no_verify: bool,
@@ -148,7 +149,8 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads.unwrap_or(0),
         skip_zero: true,
     };
-    let bar = bytes_bar(Some(image.size()), "extracting", args.quiet);
+    let mode = args.progress.mode(args.quiet);
+    let bar = Progress::new(mode, "extract", "extract", Unit::Bytes, Some(image.size()));
     let check = ContentCheck::for_image(&image, &args);
     let result = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout();
@@ -160,7 +162,9 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         extract_to_path(&image, &args, pass, &bar, check)
     };
-    bar.finish_and_clear();
+    if result.is_ok() {
+        bar.finish();
+    }
     result.with_context(|| format!("extracting {}", args.image.display()))
 }
 
@@ -172,7 +176,7 @@ fn extract_to_path(
     image: &Image,
     args: &Args,
     pass: ParallelOptions,
-    bar: &ProgressBar,
+    bar: &Progress,
     check: Option<ContentCheck>,
 ) -> Result<()> {
     let out = &args.output;
@@ -239,7 +243,7 @@ fn write_at_offsets(
     pass: ParallelOptions,
     file: &File,
     sparse: bool,
-    bar: &ProgressBar,
+    bar: &Progress,
     name: &str,
     mut check: Option<ContentCheck>,
 ) -> Result<Option<ContentCheck>> {
@@ -292,7 +296,7 @@ fn write_in_order(
     image: &Image,
     pass: ParallelOptions,
     out: &mut impl Write,
-    bar: &ProgressBar,
+    bar: &Progress,
     name: &str,
     mut check: Option<ContentCheck>,
 ) -> Result<()> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 mod verity;
 
 use super::{ExitStatus, EXIT_DAMAGED};
-use crate::progress::bytes_bar;
+use crate::progress::{Progress, ProgressArg, Unit};
 use crate::units::{human_bytes, parse_size};
 
 /// Arguments of `mkmodule verify`.
@@ -38,6 +38,8 @@ pub struct Args {
     /// Show no progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArg,
     /// Refuse to start when checking needs more than SIZE bytes decoded or hashed: the blocks
     /// not known to be zero, or the whole content when the trailer records a digest
     /// (suffixes K, M, G, T). The default, 2T, is the largest device Linux cloop.ko attaches
@@ -241,7 +243,9 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
         skip_zero: true,
     };
     let bs = u64::from(image.block_size());
-    let bar = bytes_bar(Some(image.padded_size()), "verifying", args.quiet);
+    let mode = args.progress.mode(args.quiet);
+    let total = Some(image.padded_size());
+    let bar = Progress::new(mode, "verify", "verify", Unit::Bytes, total);
     let bad = |error: ImageError, block: u32| BadBlock {
         index: error.block().unwrap_or(block),
         offset: error.offset(),
@@ -310,7 +314,7 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             report.bad_blocks = bad_blocks;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
 }
 
 fn hex(bytes: &[u8]) -> String {
