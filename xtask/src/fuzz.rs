@@ -379,6 +379,7 @@ pub fn seeds() -> Result<()> {
             digest: vec![0xab; algorithm.len()],
             data_end: 163,
             tool: "mkmodule 0.1.0".into(),
+            extension: Default::default(),
         };
         let mut seed = 1024u64.to_le_bytes().to_vec();
         seed.extend_from_slice(&trailer.encode());
