@@ -490,9 +490,10 @@ fn run_pack(
             }
         }
         ProgressEvent::Finishing => bar.set_message("writing the index"),
+        _ => {}
     };
     let result = match tree {
-        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
+        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, None, &progress),
         None => pack_with_plan(input, sink, &job.plan, &progress),
     };
     bar.finish_and_clear();
