@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use mkmodule_pack::verity::{HashTreeBuilder, VerityTree};
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack_with_plan, pack_with_verity, CodecChoice, FormatChoice,
-    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Sink, SinkKind,
+    check_block_size, choose_dialect, pack_with_reuse, pack_with_verity, CodecChoice, FormatChoice,
+    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Reuse, Sink, SinkKind,
     DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
+pub(crate) mod reuse;
 mod verity;
 
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
@@ -104,6 +105,12 @@ pub struct Args {
     /// The UUID in the hash file's superblock (default: random).
     #[arg(long, value_name = "UUID", requires = "verity")]
     pub verity_uuid: Option<String>,
+
+    /// Copy the compressed bytes of every block that OLD_IMAGE already holds (at any position)
+    /// instead of compressing it again; the image is the same as without it. OLD_IMAGE must
+    /// have the same format, block size and codec (level included).
+    #[arg(long, value_name = "OLD_IMAGE")]
+    pub reuse: Option<PathBuf>,
 }
 
 /// The one-line `--codec` help of `create` and `commit`: the list the parse error gives too.
@@ -211,6 +218,8 @@ struct Job {
     json: bool,
     /// The dm-verity tree's parameters (`--verity`).
     verity: Option<mkmodule_pack::verity::VerityParams>,
+    /// The older image to copy blocks from (`--reuse`).
+    reuse: Option<PathBuf>,
 }
 
 impl Job {
@@ -276,6 +285,7 @@ impl Job {
             quiet: args.quiet,
             json: args.json,
             verity,
+            reuse: args.reuse,
         })
     }
 }
@@ -286,6 +296,12 @@ pub fn run(args: Args) -> Result<()> {
     let (input, input_len) = open_input(&job.input, job.size)?;
     job.options.input_len = input_len;
     job.plan = job.plan.clone().with_input_len(input_len)?;
+    let old = job.reuse.as_deref().map(reuse::open_old).transpose()?;
+    let reuse = match (&old, &job.reuse) {
+        (Some(old), Some(path)) => Some(reuse::prepare(old, path, &job.plan, job.quiet)?),
+        _ => None,
+    };
+    let reuse = reuse.as_ref();
     match job.output.clone() {
         OutputSpec::Stdout => {
             if std::io::stdout().is_terminal() {
@@ -298,9 +314,9 @@ pub fn run(args: Args) -> Result<()> {
                 .as_fd()
                 .try_clone_to_owned()
                 .context("cannot use standard output")?;
-            write_direct(&job, input, File::from(stdout), "standard output")
+            write_direct(&job, input, File::from(stdout), "standard output", reuse)
         }
-        OutputSpec::Path(path) => write_path(&job, input, &path),
+        OutputSpec::Path(path) => write_path(&job, input, &path, reuse),
     }
 }
 
@@ -356,7 +372,13 @@ fn open_input(spec: &InputSpec, size: Option<u64>) -> Result<(File, Option<u64>)
 
 /// Writes to an output we do not own (standard output, an existing device): in place when it
 /// seeks and the length is known, as a stream for footer images, refused otherwise.
-fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()> {
+fn write_direct(
+    job: &Job,
+    input: File,
+    mut out: File,
+    name: &str,
+    reuse: Option<&Reuse<'_>>,
+) -> Result<()> {
     if job.verity.is_some() {
         bail!("--verity needs a regular output file, not {name}: the hash tree goes beside it");
     }
@@ -366,7 +388,7 @@ fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()>
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
     };
-    match run_pack(job, input, sink, name, None) {
+    match run_pack(job, input, sink, name, None, reuse) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
@@ -386,7 +408,7 @@ fn write_direct(job: &Job, input: File, mut out: File, name: &str) -> Result<()>
 }
 
 /// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
-fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
+fn write_path(job: &Job, input: File, path: &Path, reuse: Option<&Reuse<'_>>) -> Result<()> {
     match Destination::of(path) {
         Destination::Directory => bail!(
             "the output {} is a directory: name a file, e.g. {}",
@@ -410,7 +432,8 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
             } else {
                 "the special file"
             };
-            return write_direct(job, input, out, &format!("{kind} {}", path.display()));
+            let name = format!("{kind} {}", path.display());
+            return write_direct(job, input, out, &name, reuse);
         }
     }
     let replace = if job.force {
@@ -448,7 +471,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         },
         _ => Sink::Stream(&mut out),
     };
-    let summary = run_pack(job, input, sink, &name, tree.as_mut())?;
+    let summary = run_pack(job, input, sink, &name, tree.as_mut(), reuse)?;
     drop(out);
     let hash_name = hash_path.display().to_string();
     let finished = match (tree, sidecar.as_mut()) {
@@ -471,6 +494,7 @@ fn run_pack(
     sink: Sink<'_>,
     out_name: &str,
     tree: Option<&mut HashTreeBuilder<File>>,
+    reuse: Option<&Reuse<'_>>,
 ) -> Result<PackSummary> {
     let total = job.plan.input_len;
     let bar = bytes_bar(total, "creating", job.quiet);
@@ -490,11 +514,13 @@ fn run_pack(
             }
         }
         ProgressEvent::Finishing => bar.set_message("writing the index"),
-        _ => {}
+        ProgressEvent::ReuseRejected { block, old_block } => {
+            bar.suspend(|| reuse::warn_rejected(block, old_block, job.reuse.as_deref()));
+        }
     };
     let result = match tree {
-        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, None, &progress),
-        None => pack_with_plan(input, sink, &job.plan, &progress),
+        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, reuse, &progress),
+        None => pack_with_reuse(input, sink, &job.plan, reuse, &progress),
     };
     bar.finish_and_clear();
     result.map_err(|error| match error {
@@ -541,6 +567,9 @@ fn report(
             "zero_blocks": s.zero_blocks,
             "shared_blocks": s.shared_blocks,
             "incompressible_blocks": s.incompressible_blocks,
+            "blocks_reused": s.reused_blocks,
+            "blocks_compressed": reuse::compressed_blocks(s),
+            "blocks_reuse_rejected": s.rejected_blocks,
             "blocks_per_codec": codecs,
             "trailer": s.trailer,
             "sha256": s.sha256.map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
@@ -573,6 +602,9 @@ fn report(
         );
         if let Some((tree, hash_file)) = verity {
             eprintln!("{}", verity::line(tree, hash_file));
+        }
+        if let Some(old) = &job.reuse {
+            eprintln!("{}", reuse::line(s, old));
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ mod hostile_images;
 mod info;
 mod interrupt;
 mod mount;
+mod reuse;
 mod serve;
 mod serve_guest;
 mod serve_hostile;
