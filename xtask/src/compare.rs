@@ -20,6 +20,9 @@
 //!   `xz --block-size=1MiB -T2` copy; nbdcopy of the whole export to `null:` (MiB/s) and fio's
 //!   nbd engine, 4 KiB random reads at queue depth 32 (IOPS).
 //!
+//! * **remaster** a copy of `rootfs.ext4` (needs root: it is loop-mounted read-write):
+//!   `mkmodule create` against `mkmodule create --reuse OLD` (see `remaster.rs`).
+//!
 //! Scratch files (the peer images, the xz copy) live in `target/compare/` and are reused.
 
 use std::fmt::Write as _;
@@ -512,6 +515,9 @@ pub fn compare(args: &[String]) -> Result<()> {
             zstd.iops / raw_file.iops
         );
     }
+    report.push_str(&crate::remaster::section(
+        &mkmodule, &raw, &scratch, rounds,
+    )?);
     let _ = writeln!(
         report,
         "\nRatios are mkmodule's figure over the peer's (above 1: mkmodule is faster). \
