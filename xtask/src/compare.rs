@@ -32,8 +32,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::common::{
-    corpus_dir, measure_server, median, require_tools, shell_quote, start_server, time_shell, warm,
-    workspace_root, ServeFigures, Timed,
+    corpus_dir, measure_server, median, positive_arg, require_tools, shell_quote, start_server,
+    time_shell, warm, workspace_root, ServeFigures, Timed,
 };
 use crate::{cargo, run};
 
@@ -154,20 +154,8 @@ pub fn compare(args: &[String]) -> Result<()> {
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
-            "--rounds" => {
-                rounds = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--rounds needs a positive number")?;
-            }
-            "--fio-seconds" => {
-                fio_seconds = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--fio-seconds needs a positive number")?;
-            }
+            "--rounds" => rounds = positive_arg(&mut words, "--rounds")?,
+            "--fio-seconds" => fio_seconds = positive_arg(&mut words, "--fio-seconds")?,
             other => {
                 bail!("compare: unknown argument {other:?} (expected --rounds N, --fio-seconds S)")
             }

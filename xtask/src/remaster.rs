@@ -14,7 +14,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::common::{corpus_dir, median, require_tools, shell_quote, time_shell, workspace_root};
+use crate::common::{
+    corpus_dir, median, positive_arg, require_tools, shell_quote, time_shell, workspace_root,
+};
 use crate::{cargo, run};
 
 /// New files added, each [`NEW_FILE_BYTES`] long.
@@ -34,13 +36,7 @@ pub fn remaster(args: &[String]) -> Result<()> {
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
-            "--rounds" => {
-                rounds = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--rounds needs a positive number")?;
-            }
+            "--rounds" => rounds = positive_arg(&mut words, "--rounds")?,
             "--debug" => debug = true,
             other if !other.starts_with('-') && raw.is_none() => raw = Some(PathBuf::from(other)),
             other => bail!("remaster: unknown argument {other:?}"),
@@ -230,13 +226,10 @@ fn new_file(seed: u64) -> Vec<u8> {
         out.extend_from_slice(text.as_bytes());
         line += 1;
     }
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < NEW_FILE_BYTES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(NEW_FILE_BYTES);
+    out.truncate(NEW_FILE_BYTES / 2);
+    out.extend_from_slice(&mkmodule_testkit::data::random(
+        NEW_FILE_BYTES / 2,
+        seed + 1,
+    ));
     out
 }
