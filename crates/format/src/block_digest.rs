@@ -201,6 +201,19 @@ mod tests {
         assert_eq!(BlockEncoding::from_code(200, 0), None);
     }
 
+    /// The numbers docs/FORMAT.md §12.4 gives; they are on disk and must never change.
+    #[test]
+    fn codec_codes_are_the_documented_ones() {
+        let code = |codec| BlockEncoding::Fixed { codec, level: 3 }.code();
+        assert_eq!(code(CodecKind::Zlib), (1, 3));
+        assert_eq!(code(CodecKind::None), (2, 3));
+        assert_eq!(code(CodecKind::Xz), (3, 3));
+        assert_eq!(code(CodecKind::Lz4), (4, 3));
+        assert_eq!(code(CodecKind::Lzo), (5, 3));
+        assert_eq!(code(CodecKind::Zstd), (6, 3));
+        assert_eq!(BlockEncoding::Best.code(), (255, 0));
+    }
+
     #[test]
     fn a_table_is_checked_by_place_and_checksum() {
         let digests = [block_digest(b"a", 512), block_digest(b"b", 512)];
