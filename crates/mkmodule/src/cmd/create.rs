@@ -186,7 +186,8 @@ fn after_help() -> &'static str {
      mkmodule rootfs.img -o KNOPPIX                 portable image (v2, zlib, 64K blocks)\n  \
      mkisofs -R dir | mkmodule - -o KNOPPIX         from a pipe (blocks spooled beside OUT)\n  \
      mkisofs -R dir | mkmodule - -o - --format v4-footer > KNOPPIX\n  \
-     mkmodule disk.img -o disk.uzst -c zstd:9 --zero-blocks"
+     mkmodule disk.img -o disk.uzst -c zstd:9 --zero-blocks\n  \
+     mkmodule new.ext4 -o KNOPPIX.new --reuse KNOPPIX   remaster: copy the unchanged blocks"
 }
 
 /// Where the input comes from.
