@@ -2,7 +2,8 @@
 //!
 //! Input: 8 bytes of file length (little-endian), then the file's last bytes. Checks: a found
 //! trailer has a digest of its algorithm's length, re-encodes to bytes that find the same
-//! trailer, and `find_trailer` keeps it only when it matches the index's end.
+//! trailer (extension included), and `find_trailer` keeps it only when it matches the index's
+//! end.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -69,6 +70,7 @@ fn check(tail: &[u8], file_len: u64) {
     assert_eq!(again.digest_algorithm, trailer.digest_algorithm);
     assert_eq!(again.digest, trailer.digest);
     assert_eq!(again.data_end, trailer.data_end);
+    assert_eq!(again.extension, trailer.extension);
     if !trailer.tool.contains('\u{fffd}') {
         assert_eq!(again.tool, trailer.tool);
     }

@@ -53,6 +53,14 @@ pub fn exercise_image(bytes: Vec<u8>, original_size: bool) -> Option<Vec<u8>> {
     let size = image.size();
     assert!(size <= image.padded_size(), "exposed size past the blocks");
     let _ = image.trailer_problem().map(ToString::to_string);
+    // The block-digest table: one digest per block, or an error, never a panic.
+    match image.digest_table() {
+        Ok(Some(table)) => assert_eq!(table.len(), n as usize, "a digest table of another length"),
+        Ok(None) => {}
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
 
     // Blocks, within the budget (always the first and the last).
     let affordable = (DECODE_BUDGET / bs).max(1) as u32;
@@ -151,8 +159,8 @@ pub fn exercise_image(bytes: Vec<u8>, original_size: bool) -> Option<Vec<u8>> {
 /// Checks: the server ends the connection (no hang, no panic) once the client stopped sending,
 /// and its first bytes are the greeting.
 pub fn nbd_session(config_bits: u8, client: &[u8]) {
-    use mkmodule_nbd::{null_logger, Server, ServerConfig};
     use mkmodule_blockdev::MemoryDevice;
+    use mkmodule_nbd::{null_logger, Server, ServerConfig};
     let content: Vec<u8> = (0..16384u32).map(|i| (i * 7 % 253) as u8).collect();
     let mut disk = MemoryDevice::new(content).with_preferred_block_size(4096);
     if config_bits & 1 != 0 {

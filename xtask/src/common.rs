@@ -285,3 +285,15 @@ pub fn measure_server(
         iops: median(iops),
     })
 }
+
+/// The positive number after `flag` in `words` (`--rounds 3`).
+pub fn positive_arg<'a, T>(words: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    words
+        .next()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > T::default())
+        .with_context(|| format!("{flag} needs a positive number"))
+}

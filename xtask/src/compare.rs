@@ -20,6 +20,9 @@
 //!   `xz --block-size=1MiB -T2` copy; nbdcopy of the whole export to `null:` (MiB/s) and fio's
 //!   nbd engine, 4 KiB random reads at queue depth 32 (IOPS).
 //!
+//! * **remaster** a copy of `rootfs.ext4` (needs root: it is loop-mounted read-write):
+//!   `mkmodule create` against `mkmodule create --reuse OLD` (see `remaster.rs`).
+//!
 //! Scratch files (the peer images, the xz copy) live in `target/compare/` and are reused.
 
 use std::fmt::Write as _;
@@ -29,8 +32,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::common::{
-    corpus_dir, measure_server, median, require_tools, shell_quote, start_server, time_shell, warm,
-    workspace_root, ServeFigures, Timed,
+    corpus_dir, measure_server, median, positive_arg, require_tools, shell_quote, start_server,
+    time_shell, warm, workspace_root, ServeFigures, Timed,
 };
 use crate::{cargo, run};
 
@@ -151,20 +154,8 @@ pub fn compare(args: &[String]) -> Result<()> {
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
-            "--rounds" => {
-                rounds = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--rounds needs a positive number")?;
-            }
-            "--fio-seconds" => {
-                fio_seconds = words
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .context("--fio-seconds needs a positive number")?;
-            }
+            "--rounds" => rounds = positive_arg(&mut words, "--rounds")?,
+            "--fio-seconds" => fio_seconds = positive_arg(&mut words, "--fio-seconds")?,
             other => {
                 bail!("compare: unknown argument {other:?} (expected --rounds N, --fio-seconds S)")
             }
@@ -512,6 +503,9 @@ pub fn compare(args: &[String]) -> Result<()> {
             zstd.iops / raw_file.iops
         );
     }
+    report.push_str(&crate::remaster::section(
+        &mkmodule, &raw, &scratch, rounds,
+    )?);
     let _ = writeln!(
         report,
         "\nRatios are mkmodule's figure over the peer's (above 1: mkmodule is faster). \

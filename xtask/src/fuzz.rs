@@ -20,7 +20,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mkmodule_codec::{BlockCompressor, CodecKind, CodecSpec};
-use mkmodule_format::{is_header_first, Dialect, DigestAlgorithm, Trailer};
+use mkmodule_format::{
+    is_header_first, BlockEncoding, Dialect, DigestAlgorithm, DigestTableRef, Trailer,
+    TrailerExtension,
+};
 use mkmodule_nbd::proto::*;
 use mkmodule_pack::verity::{HashTreeBuilder, VerityParams};
 
@@ -379,11 +382,32 @@ pub fn seeds() -> Result<()> {
             digest: vec![0xab; algorithm.len()],
             data_end: 163,
             tool: "mkmodule 0.1.0".into(),
+            extension: Default::default(),
         };
         let mut seed = 1024u64.to_le_bytes().to_vec();
         seed.extend_from_slice(&trailer.encode());
         put("trailer", &format!("bare-{k}"), &seed)?;
     }
+    // A trailer with the extension: block encoder and a block-digest table of two entries.
+    let table = [0x5au8; 32];
+    let extended = Trailer {
+        original_len: 8000,
+        digest_algorithm: DigestAlgorithm::Sha256,
+        digest: vec![0xcd; 32],
+        data_end: 163,
+        tool: "mkmodule 0.1.0".into(),
+        extension: TrailerExtension {
+            encoding: Some(BlockEncoding::Fixed {
+                codec: mkmodule_format::CodecKind::Zstd,
+                level: 19,
+            }),
+            digest_table: Some(DigestTableRef::for_table(1024 - 136 - 32, &table)),
+        },
+    };
+    let mut seed = 1024u64.to_le_bytes().to_vec();
+    seed.extend_from_slice(&table);
+    seed.extend_from_slice(&extended.encode());
+    put("trailer", "bare-extended", &seed)?;
 
     // read_mutated: [dialect, codec mix, block size, flags, edit count, edits, content].
     for (d, dialect) in Dialect::ALL.iter().enumerate() {

@@ -8,6 +8,7 @@ mod compare;
 mod demo;
 mod deny;
 mod fuzz;
+mod remaster;
 
 use std::process::Command;
 
@@ -35,7 +36,12 @@ tasks:
           mkmodule vs every peer on the corpus in one run (create vs create_compressed_fs,
           mksquashfs, qemu-img -c; extract vs extract_compressed_fs, qemu-img; serve vs
           qemu-nbd -f cloop, nbdkit raw and xz); markdown medians and ratios on stdout and in
-          target/compare.md; makes the corpus with scripts/make-corpus.sh if missing
+          target/compare.md, and the remaster section below; makes the corpus with
+          scripts/make-corpus.sh if missing
+  remaster [EXT4] [--rounds N] [--debug]
+          loop-mount a copy of EXT4 (default $CORPUS/rootfs.ext4; needs root), add 20 MiB,
+          rewrite 100 files, delete 5; time create vs create --reuse, share of blocks copied,
+          byte identity (target/remaster.md); --debug times the debug build (checks only)
   fuzz [--time N] [TARGET...]
           run every fuzz target (or the named ones) for N seconds each (default 60) with
           cargo-fuzz on the stable toolchain; prints execs, exec/s and coverage per target and
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
         "bench-read" => bench_read::bench_read(std::env::args_os().nth(2).map(Into::into)),
         "bench-serve" => bench_serve::bench_serve(std::env::args_os().nth(2).map(Into::into)),
         "compare" => compare::compare(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "remaster" => remaster::remaster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz-seeds" => fuzz::seeds(),
         _ => bail!("{USAGE}"),

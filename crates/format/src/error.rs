@@ -221,6 +221,34 @@ pub enum FormatError {
         /// CRC32 of the trailer bytes.
         computed: u32,
     },
+    /// The block-digest table a trailer describes does not have one entry per block, or does
+    /// not lie between the end of data and the trailer.
+    #[error(
+        "the block-digest table at offset {offset} ({entries} entries) does not fit the image: \
+         {num_blocks} blocks, data end {data_end}, trailer at {trailer_at}"
+    )]
+    DigestTableMisplaced {
+        /// File offset recorded for the table.
+        offset: u64,
+        /// Entries recorded for the table.
+        entries: u32,
+        /// Blocks in the image.
+        num_blocks: u32,
+        /// `index[n]`.
+        data_end: u64,
+        /// File offset of the trailer.
+        trailer_at: u64,
+    },
+    /// The block-digest table's bytes do not match the checksum in the trailer.
+    #[error("the block-digest table at offset {offset} is corrupt: CRC32 {stored:#010x} recorded, {computed:#010x} computed")]
+    DigestTableCorrupt {
+        /// File offset of the table.
+        offset: u64,
+        /// CRC32 recorded in the trailer.
+        stored: u32,
+        /// CRC32 of the table's bytes.
+        computed: u32,
+    },
     /// A trailer of a newer, unknown layout.
     #[error("mkmodule trailer layout {version} is newer than this build understands (1)")]
     TrailerVersion {
@@ -263,7 +291,9 @@ impl FormatError {
             | FormatError::BlockTooLong { .. }
             | FormatError::IndexEndPastEof { .. }
             | FormatError::IndexEndBeforeLastBlock { .. }
-            | FormatError::TrailerCorrupt { .. } => ErrorKind::Corrupt,
+            | FormatError::TrailerCorrupt { .. }
+            | FormatError::DigestTableMisplaced { .. }
+            | FormatError::DigestTableCorrupt { .. } => ErrorKind::Corrupt,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! read `layout.index_len()` bytes at `layout.index_offset`, then [`BlockIndex::parse`] them.
 //! [`parse_image`] does all three on an image held in memory.
 
+mod block_digest;
 mod codec_kind;
 mod content;
 mod dialect;
@@ -18,6 +19,9 @@ mod profile;
 mod trailer;
 mod writing;
 
+pub use block_digest::{
+    block_digest, BlockDigest, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN,
+};
 pub use codec_kind::{or_list, CodecKind, UnknownCodec};
 pub use content::{identify, Content, IDENTIFY_LEN};
 pub use dialect::{
@@ -34,7 +38,7 @@ pub use layout::{
     MIN_BLOCK_SIZE, OFFSET_MASK,
 };
 pub use profile::{Profile, PORTABLE};
-pub use trailer::{DigestAlgorithm, Trailer, TRAILER_LEN, TRAILER_MAGIC};
+pub use trailer::{DigestAlgorithm, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,12 +12,27 @@
 //! | 16 | 2 | layout version (1) |
 //! | 18 | 1 | digest algorithm (0 none, 1 SHA-256) |
 //! | 19 | 1 | digest length |
-//! | 20 | 64 | digest of the original input, zero padded |
+//! | 20 | 64 | digest of the original input, zero padded; with a digest of at most 32 bytes, bytes 52..84 hold the extension below |
 //! | 84 | 8 | original input length |
 //! | 92 | 8 | `index[n]` when written (ties the trailer to its index) |
 //! | 100 | 32 | tool version text, NUL padded |
 //! | 132 | 4 | CRC32 of bytes 0..132 |
+//!
+//! The extension (docs/FORMAT.md §12.4) sits in the half of the digest field that SHA-256 leaves
+//! zero, so readers of the first layout see a valid trailer and ignore it; all zero means none:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 52 | 1 | block-digest table algorithm (0 no table, 1 SHA-256 cut to 16 bytes) |
+//! | 53 | 1 | bytes per table entry (16) |
+//! | 54 | 1 | block codec (0 unrecorded, 1 + position in `CodecKind::ALL`, 255 best) |
+//! | 55 | 1 | block codec level |
+//! | 56 | 8 | table offset |
+//! | 64 | 4 | table entries (the block count) |
+//! | 68 | 4 | CRC32 of the table |
+//! | 72 | 12 | zero |
 
+use crate::block_digest::{BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN, TABLE_SHA256_128};
 use crate::FormatError;
 
 /// Length of the trailer.
@@ -26,6 +41,57 @@ pub const TRAILER_LEN: usize = 136;
 pub const TRAILER_MAGIC: &[u8; 16] = b"MKMODULE-TRAILER";
 const LAYOUT_VERSION: u16 = 1;
 const CRC_AT: usize = 132;
+/// Where the extension starts: the second half of the digest field.
+const EXTENSION_AT: usize = 52;
+/// The longest digest that leaves the extension room.
+const MAX_DIGEST_WITH_EXTENSION: usize = EXTENSION_AT - 20;
+
+/// What a trailer records beyond the input: the encoder of the blocks and the block-digest
+/// table (docs/FORMAT.md §12.4). Empty in trailers of earlier mkmodule releases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrailerExtension {
+    /// How the blocks were compressed.
+    pub encoding: Option<BlockEncoding>,
+    /// The block-digest table, when written.
+    pub digest_table: Option<DigestTableRef>,
+}
+
+impl TrailerExtension {
+    fn encode(&self, out: &mut [u8]) {
+        if let Some(table) = &self.digest_table {
+            out[0] = TABLE_SHA256_128;
+            out[1] = BLOCK_DIGEST_LEN as u8;
+            out[4..12].copy_from_slice(&table.offset.to_be_bytes());
+            out[12..16].copy_from_slice(&table.entries.to_be_bytes());
+            out[16..20].copy_from_slice(&table.crc.to_be_bytes());
+        }
+        if let Some(encoding) = self.encoding {
+            (out[2], out[3]) = encoding.code();
+        }
+    }
+
+    /// Reads the extension; a table of an unknown algorithm or entry size is left out (a later
+    /// release's table: this one cannot use it).
+    fn decode(bytes: &[u8]) -> TrailerExtension {
+        let be32 = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let known = bytes[0] == TABLE_SHA256_128 && usize::from(bytes[1]) == BLOCK_DIGEST_LEN;
+        let digest_table = known.then(|| {
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&bytes[4..12]);
+            DigestTableRef {
+                offset: u64::from_be_bytes(offset),
+                entries: be32(12),
+                crc: be32(16),
+            }
+        });
+        TrailerExtension {
+            encoding: BlockEncoding::from_code(bytes[2], bytes[3]),
+            digest_table,
+        }
+    }
+}
 
 /// The digest algorithm a trailer records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +153,8 @@ pub struct Trailer {
     pub data_end: u64,
     /// The writing tool and its version, e.g. `mkmodule 0.1.0`.
     pub tool: String,
+    /// The block encoder and the block-digest table (empty in older trailers).
+    pub extension: TrailerExtension,
 }
 
 impl Trailer {
@@ -99,6 +167,9 @@ impl Trailer {
         let digest_len = self.digest.len().min(64);
         out[19] = digest_len as u8;
         out[20..20 + digest_len].copy_from_slice(&self.digest[..digest_len]);
+        if digest_len <= MAX_DIGEST_WITH_EXTENSION {
+            self.extension.encode(&mut out[EXTENSION_AT..84]);
+        }
         out[84..92].copy_from_slice(&self.original_len.to_be_bytes());
         out[92..100].copy_from_slice(&self.data_end.to_be_bytes());
         let tool = self.tool.as_bytes();
@@ -153,10 +224,17 @@ impl Trailer {
             digest: bytes[20..20 + digest_len].to_vec(),
             data_end: word(92),
             tool: String::from_utf8_lossy(&tool_bytes[..tool_len]).into_owned(),
+            extension: if digest_len <= MAX_DIGEST_WITH_EXTENSION {
+                TrailerExtension::decode(&bytes[EXTENSION_AT..84])
+            } else {
+                TrailerExtension::default()
+            },
         }))
     }
 
     /// Zero bytes to put between `index[n]` and the trailer so the file ends on a 512 boundary.
+    /// With a block-digest table of `t` bytes between them, the padding is
+    /// `padding_before(data_end + t)` and goes before the table.
     pub const fn padding_before(data_end: u64) -> u64 {
         let unpadded = data_end + TRAILER_LEN as u64;
         (512 - unpadded % 512) % 512
@@ -175,7 +253,57 @@ mod tests {
             digest: (0..32).collect(),
             data_end: 6513,
             tool: "mkmodule 0.1.0".into(),
+            extension: TrailerExtension::default(),
         }
+    }
+
+    fn extended() -> Trailer {
+        Trailer {
+            extension: TrailerExtension {
+                encoding: Some(BlockEncoding::Fixed {
+                    codec: crate::CodecKind::Zlib,
+                    level: 5,
+                }),
+                digest_table: Some(DigestTableRef {
+                    offset: 7000,
+                    entries: 3,
+                    crc: 0xdead_beef,
+                }),
+            },
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn the_extension_round_trips() {
+        let bytes = extended().encode();
+        assert_eq!(Trailer::find(&bytes, 8192).unwrap(), Some(extended()));
+        assert_eq!(&bytes[52..56], &[1, 16, 1, 5]);
+        assert_eq!(&bytes[56..64], &7000u64.to_be_bytes());
+        assert_eq!(&bytes[64..68], &3u32.to_be_bytes());
+        assert_eq!(&bytes[68..72], &0xdead_beefu32.to_be_bytes());
+        assert!(bytes[72..84].iter().all(|&b| b == 0));
+    }
+
+    /// What a reader of the first layout does: it reads fields at fixed places and never looks
+    /// at the unused half of the digest field, so an extended trailer reads the same to it.
+    #[test]
+    fn an_extended_trailer_reads_the_same_without_the_extension() {
+        let plain = sample().encode();
+        let bytes = extended().encode();
+        assert_eq!(bytes[..52], plain[..52]);
+        assert_eq!(bytes[84..CRC_AT], plain[84..CRC_AT]);
+    }
+
+    #[test]
+    fn an_unknown_table_algorithm_is_left_out() {
+        let mut bytes = extended().encode();
+        bytes[52] = 9;
+        let crc = crc32fast::hash(&bytes[..CRC_AT]);
+        bytes[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        let found = Trailer::find(&bytes, 8192).unwrap().unwrap();
+        assert_eq!(found.extension.digest_table, None);
+        assert_eq!(found.extension.encoding, extended().extension.encoding);
     }
 
     #[test]

@@ -36,12 +36,16 @@
 //!   member of each large group is decoded, and the others' bytes are compared with it. Equal
 //!   bytes decode equally, so the map never guesses; zero blocks compressed differently are
 //!   simply not in it. The cost is a few small reads at open.
+//! * **Block digests** ([`Image::block_digests`]): the block-digest table of mkmodule's trailer
+//!   when it is valid, else computed by decoding every block; a damaged table is reported, never
+//!   trusted.
 //! * **Whole-image passes** for extract and verify: [`Image::par_blocks`] and
 //!   [`Image::par_blocks_ordered`] decode every block on several threads.
 
 mod cache;
 mod decode;
 mod device;
+mod digests;
 mod error;
 mod image;
 mod image_core;
@@ -55,6 +59,7 @@ mod zero_map;
 
 pub use cache::{Block, CacheStats};
 pub use device::ImageDevice;
+pub use digests::{BlockDigests, DigestOrigin};
 pub use error::ImageError;
 pub use image::{Image, MAX_EXTENTS};
 pub use open::{ExposedSize, OpenOptions, DEFAULT_CACHE_BYTES, DEFAULT_READAHEAD};

@@ -151,6 +151,14 @@ impl Progress {
         }
     }
 
+    /// Runs `f` with the bar hidden, so lines it prints to the terminal do not tear it.
+    pub fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.shown {
+            Shown::Bar(bar) => bar.suspend(f),
+            _ => f(),
+        }
+    }
+
     /// A line printed above the bar (nothing in the other modes).
     pub fn println(&self, line: impl AsRef<str>) {
         if let Shown::Bar(bar) = &self.shown {

@@ -1,6 +1,7 @@
 //! What travels between the conveyor's stages: a block's buffers, what a compressor made of
 //! it, its dedup key, and the compressed all-zero block computed once per image.
 
+use mkmodule_format::BlockDigest;
 use sha2::{Digest, Sha256};
 
 use crate::encode::{BlockEncoder, Encoding};
@@ -38,8 +39,26 @@ pub(crate) struct Done {
     pub encoded: Encoded,
     /// Dedup key of the compressed bytes (dedup dialects only).
     pub key: Option<DedupKey>,
+    /// Digest of the uncompressed block (with a digest table or reuse).
+    pub digest: Option<BlockDigest>,
+    /// Whether the bytes were copied from an older image.
+    pub reused: Reused,
     /// The buffers; the output holds the compressed bytes.
     pub slot: Slot,
+}
+
+/// Whether a block's bytes came from an older image (`create --reuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reused {
+    /// Compressed here: no older image, or no block of it with this content.
+    No,
+    /// Copied from the older image.
+    Copied,
+    /// The older image's block `old_block` had the digest but not the bytes: compressed here.
+    Rejected {
+        /// Block of the older image.
+        old_block: u32,
+    },
 }
 
 /// A block's 16-byte dedup key: the start of the SHA-256 of its compressed bytes.

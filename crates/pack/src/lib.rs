@@ -22,6 +22,11 @@
 //!   zero-padded before it so the file is a multiple of 512 bytes. Without the trailer, Linux
 //!   dialects end exactly at `index[n]` (as `create_compressed_fs` writes them) and uzip images
 //!   are zero-padded to 512 (as `mkuzip` writes them). Footer images end with their header.
+//!   The trailer records the block encoder and points to a table of one 16-byte digest per
+//!   block (docs/FORMAT.md §12.4), kept in memory until the end like the index.
+//! * With a [`Reuse`] (an older image written with the same dialect, block size and encoder),
+//!   whole blocks whose digest matches a block of the older image are copied from it after a
+//!   check by decoding; the image is the same as without it.
 
 mod block;
 mod choice;
@@ -29,6 +34,7 @@ mod encode;
 mod error;
 mod options;
 mod pipeline;
+mod reuse;
 mod sink;
 mod summary;
 pub mod verity;
@@ -45,6 +51,7 @@ pub use choice::{
 };
 pub use error::{ImagePart, NearestBlockSizes, OptionsError, PackError};
 pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
+pub use reuse::{Reuse, ReuseError};
 pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
 pub use summary::{PackSummary, ProgressEvent};
 
@@ -75,18 +82,32 @@ pub fn pack_with_plan<R: Read + Send>(
     plan: &Plan,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
-    pack_image(input, sink, plan, None, progress)
+    pack_image(input, sink, plan, None, None, progress)
+}
+
+/// Packs like [`pack_with_plan`], copying from `reuse` the compressed bytes of every whole
+/// block an older image already holds (see [`Reuse`]); the image is byte-identical to one
+/// packed without it. With `None`, the same as [`pack_with_plan`].
+pub fn pack_with_reuse<R: Read + Send>(
+    input: R,
+    sink: Sink<'_>,
+    plan: &Plan,
+    reuse: Option<&Reuse<'_>>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
+    pack_image(input, sink, plan, None, reuse, progress)
 }
 
 /// Packs like [`pack_with_plan`] and feeds every uncompressed byte the image exposes (the
 /// padded device: blocks x block size) to `tree`, whose hashes the compressor threads compute.
 /// The plan's block size must be a multiple of 4096 ([`check_verity_block_size`]); the caller
-/// finishes the tree with [`HashTreeBuilder::finish`].
+/// finishes the tree with [`HashTreeBuilder::finish`]. `reuse` is as for [`pack_with_reuse`].
 pub fn pack_with_verity<R: Read + Send, S: Read + Write + Seek>(
     input: R,
     sink: Sink<'_>,
     plan: &Plan,
     tree: &mut HashTreeBuilder<S>,
+    reuse: Option<&Reuse<'_>>,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
     if check_verity_block_size(plan.block_size).is_err() {
@@ -98,7 +119,7 @@ pub fn pack_with_verity<R: Read + Send, S: Read + Write + Seek>(
         verity_salt: Some(tree.params().salt().to_vec()),
         ..plan.clone()
     };
-    pack_image(input, sink, &plan, Some(tree), progress)
+    pack_image(input, sink, &plan, Some(tree), reuse, progress)
 }
 
 fn pack_image<R: Read + Send>(
@@ -106,6 +127,7 @@ fn pack_image<R: Read + Send>(
     sink: Sink<'_>,
     plan: &Plan,
     verity: Option<&mut dyn verity::DigestSink>,
+    reuse: Option<&Reuse<'_>>,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
     let started = Instant::now();
@@ -116,7 +138,7 @@ fn pack_image<R: Read + Send>(
         builder = builder.with_verity(tree);
     }
     let (stats, data_end, image_len) =
-        sink::write_image(input, sink, plan, &mut builder, progress)?;
+        sink::write_image(input, sink, plan, &mut builder, reuse, progress)?;
     let counts = builder.counts();
     Ok(PackSummary {
         dialect: plan.dialect,
@@ -128,6 +150,8 @@ fn pack_image<R: Read + Send>(
         zero_blocks: counts.zero_blocks,
         shared_blocks: counts.shared_blocks,
         incompressible_blocks: counts.incompressible_blocks,
+        reused_blocks: counts.reused_blocks,
+        rejected_blocks: counts.rejected_blocks,
         blocks_per_codec: CodecKind::ALL
             .iter()
             .zip(counts.per_codec)

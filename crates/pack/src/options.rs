@@ -1,7 +1,7 @@
 //! What the packer is asked to do, and its validation into a [`Plan`] before any I/O.
 
 use mkmodule_codec::{level_range, CodecKind, CodecSpec};
-use mkmodule_format::{Dialect, MAX_WRITE_BLOCK_SIZE, MIN_BLOCK_SIZE, PORTABLE};
+use mkmodule_format::{BlockEncoding, Dialect, MAX_WRITE_BLOCK_SIZE, MIN_BLOCK_SIZE, PORTABLE};
 
 use crate::choice::{codec_hint, written_codecs, CodecChoice};
 use crate::error::{NearestBlockSizes, OptionsError};
@@ -109,12 +109,20 @@ impl PackOptions {
             });
         }
         let (max_blocks, limit_reason) = block_limit(dialect, self.block_size);
+        let encoding = match self.codec {
+            CodecChoice::Fixed(spec) => BlockEncoding::Fixed {
+                codec: spec.kind(),
+                level: spec.level().map_or(0, |level| level.clamp(0, 255) as u8),
+            },
+            CodecChoice::Best => BlockEncoding::Best,
+        };
         Plan {
             dialect,
             block_size: self.block_size,
             threads: self.threads,
             candidates,
             stored_fallback,
+            encoding,
             zero_length: self.zero_blocks,
             dedup: spec.back_references,
             pad_final: !spec.short_final_block,
@@ -183,6 +191,8 @@ pub struct Plan {
     pub candidates: Vec<CodecSpec>,
     /// A block that does not shrink is stored as level-0 zlib when that is smaller.
     pub stored_fallback: bool,
+    /// The block encoder as the trailer records it (docs/FORMAT.md §12.4).
+    pub encoding: BlockEncoding,
     /// All-zero blocks become zero-length blocks.
     pub zero_length: bool,
     /// Identical blocks become back-references.

@@ -21,12 +21,14 @@ use std::thread;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use mkmodule_blockdev::is_zero;
+use mkmodule_format::block_digest;
 use sha2::{Digest, Sha256};
 
-use crate::block::{dedup_key, Done, Encoded, Slot};
-use crate::encode::BlockEncoder;
+use crate::block::{dedup_key, Done, Encoded, Reused, Slot};
+use crate::encode::{BlockEncoder, Encoding};
 use crate::error::PackError;
 use crate::options::Plan;
+use crate::reuse::{Checker, Fetch, Reuse};
 use crate::verity::leaf_digests;
 
 /// A block to compress.
@@ -53,8 +55,14 @@ pub(crate) struct InputStats {
     pub digest: Option<[u8; 32]>,
 }
 
-/// Runs the conveyor over `input`, calling `on_block` for every block in input order.
-pub(crate) fn run<R, F>(input: R, plan: &Plan, on_block: F) -> Result<InputStats, PackError>
+/// Runs the conveyor over `input`, calling `on_block` for every block in input order; blocks
+/// found in `reuse` are copied from there instead of compressed.
+pub(crate) fn run<R, F>(
+    input: R,
+    plan: &Plan,
+    reuse: Option<&Reuse<'_>>,
+    on_block: F,
+) -> Result<InputStats, PackError>
 where
     R: Read + Send,
     F: FnMut(&Done) -> Result<(), PackError>,
@@ -86,7 +94,7 @@ where
             let (jobs, done) = (job_rx.clone(), done_tx.clone());
             let worker = thread::Builder::new()
                 .name(format!("mkmodule-zip{i}"))
-                .spawn_scoped(s, move || compress_blocks(plan, jobs, done));
+                .spawn_scoped(s, move || compress_blocks(plan, reuse, jobs, done));
             workers.push(worker);
         }
         drop((job_rx, done_tx));
@@ -269,7 +277,12 @@ fn read_blocks<R: Read>(
 }
 
 /// A compressor thread: one encoder, reused for every block it takes.
-fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, PackError>>) {
+fn compress_blocks(
+    plan: &Plan,
+    reuse: Option<&Reuse<'_>>,
+    jobs: Receiver<Job>,
+    done: Sender<Result<Done, PackError>>,
+) {
     let mut encoder = match BlockEncoder::new(plan) {
         Ok(encoder) => encoder,
         Err((spec, source)) => {
@@ -283,6 +296,9 @@ fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, P
         }
     };
     let bs = plan.block_size as usize;
+    let digests = plan.trailer || reuse.is_some();
+    let zero_digest = block_digest(&[], plan.block_size);
+    let mut checker = reuse.map(|_| Checker::new(plan.block_size));
     for job in jobs {
         let Job {
             block,
@@ -296,31 +312,61 @@ fn compress_blocks(plan: &Plan, jobs: Receiver<Job>, done: Sender<Result<Done, P
             slot.leaves.clear();
             leaf_digests(salt, data, bs, &mut slot.leaves);
         }
-        let result = if is_zero(data) && (data_len == bs || plan.zero_length) {
-            Ok(Done {
-                block,
-                real_len,
-                encoded: Encoded::Zero,
-                key: None,
-                slot,
-            })
+        let zero = is_zero(data) && (data_len == bs || plan.zero_length);
+        let digest = match (digests, zero) {
+            (false, _) => None,
+            (true, true) => Some(zero_digest),
+            (true, false) => Some(block_digest(data, plan.block_size)),
+        };
+        let mut reused = Reused::No;
+        let encoded = if zero {
+            Ok(Encoded::Zero)
         } else {
-            match encoder.encode(data, &mut slot.output) {
-                Ok(encoding) => Ok(Done {
-                    block,
-                    real_len,
-                    encoded: Encoded::Data(encoding),
-                    key: plan.dedup.then(|| dedup_key(&slot.output)),
-                    slot,
-                }),
-                Err(source) => Err(PackError::Compress {
-                    block,
-                    offset,
-                    codec: encoder.primary(),
-                    source,
-                }),
+            // Only whole blocks are copied: a short final block compresses to other bytes.
+            let fetched = match (reuse, &digest, checker.as_mut()) {
+                (Some(reuse), Some(digest), Some(checker)) if data_len == bs => {
+                    reuse.fetch(digest, data, &mut slot.output, checker)
+                }
+                _ => Fetch::Miss,
+            };
+            match fetched {
+                Fetch::Copied(codec) => {
+                    reused = Reused::Copied;
+                    // The encoder flags a block whose output is not smaller than its input, and
+                    // its fallback never makes one smaller: the same test on the copy agrees.
+                    Ok(Encoded::Data(Encoding {
+                        codec,
+                        incompressible: slot.output.len() >= data_len,
+                    }))
+                }
+                miss_or_rejected => {
+                    if let Fetch::Rejected { old_block } = miss_or_rejected {
+                        reused = Reused::Rejected { old_block };
+                    }
+                    encoder
+                        .encode(data, &mut slot.output)
+                        .map(Encoded::Data)
+                        .map_err(|source| PackError::Compress {
+                            block,
+                            offset,
+                            codec: encoder.primary(),
+                            source,
+                        })
+                }
             }
         };
+        let result = encoded.map(|encoded| Done {
+            block,
+            real_len,
+            key: match encoded {
+                Encoded::Data(_) if plan.dedup => Some(dedup_key(&slot.output)),
+                _ => None,
+            },
+            encoded,
+            digest,
+            reused,
+            slot,
+        });
         if done.send(result).is_err() {
             return;
         }

@@ -5,13 +5,15 @@
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
 use mkmodule_format::{
-    header_first_data_start, is_header_first, DigestAlgorithm, Header, Trailer, HEADER_LEN,
-    PREAMBLE_LEN,
+    header_first_data_start, is_header_first, DigestAlgorithm, DigestTableRef, Header, Trailer,
+    TrailerExtension, HEADER_LEN, PREAMBLE_LEN,
 };
 
+use crate::block::Reused;
 use crate::error::{ImagePart, PackError};
 use crate::options::Plan;
 use crate::pipeline::{self, InputStats};
+use crate::reuse::Reuse;
 use crate::summary::ProgressEvent;
 use crate::writer::ImageBuilder;
 
@@ -130,8 +132,14 @@ pub(crate) fn write_image<R: Read + Send>(
     sink: Sink<'_>,
     plan: &Plan,
     builder: &mut ImageBuilder<'_>,
+    reuse: Option<&Reuse<'_>>,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<(InputStats, u64, u64), PackError> {
+    let run = Conveyor {
+        plan,
+        reuse,
+        progress,
+    };
     let header_first = is_header_first(plan.dialect);
     Ok(match sink {
         Sink::Seekable(out) if header_first => {
@@ -141,7 +149,7 @@ pub(crate) fn write_image<R: Read + Send>(
             out.seek(SeekFrom::Start(base))
                 .map_err(|e| PackError::write(ImagePart::Block(0), base, e))?;
             let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *out);
-            let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
+            let stats = run.blocks(input, builder, &mut body, Some(base))?;
             let data_end = base + builder.data_len();
             flush(body, ImagePart::LastBlocks, data_end)?;
             progress(ProgressEvent::Finishing);
@@ -152,7 +160,7 @@ pub(crate) fn write_image<R: Read + Send>(
             flush(head, ImagePart::Index, HEADER_LEN)?;
             out.seek(SeekFrom::Start(data_end))
                 .map_err(|e| PackError::write(ImagePart::Trailer, data_end, e))?;
-            let image_len = write_tail(plan, &stats, data_end, &mut *out)?;
+            let image_len = write_tail(plan, &stats, builder, data_end, &mut *out)?;
             (stats, data_end, image_len)
         }
         Sink::Spooled { output, spool } if header_first => {
@@ -160,7 +168,7 @@ pub(crate) fn write_image<R: Read + Send>(
                 .seek(SeekFrom::Start(0))
                 .map_err(|e| PackError::write(ImagePart::SpoolStart, 0, e))?;
             let mut body = BufWriter::with_capacity(WRITE_BUFFER, &mut *spool);
-            let stats = run_blocks(input, plan, builder, &mut body, None, progress)?;
+            let stats = run.blocks(input, builder, &mut body, None)?;
             flush(body, ImagePart::LastSpooledBlocks, builder.data_len())?;
             progress(ProgressEvent::Finishing);
             let base = header_first_data_start(builder.num_blocks() as u32);
@@ -179,7 +187,7 @@ pub(crate) fn write_image<R: Read + Send>(
                 ));
             }
             let data_end = base + builder.data_len();
-            let image_len = write_tail(plan, &stats, data_end, &mut out)?;
+            let image_len = write_tail(plan, &stats, builder, data_end, &mut out)?;
             flush(out, ImagePart::End, data_end)?;
             (stats, data_end, image_len)
         }
@@ -188,32 +196,47 @@ pub(crate) fn write_image<R: Read + Send>(
                 dialect: plan.dialect,
             })
         }
-        Sink::Seekable(out) => write_footer(input, plan, builder, out, progress)?,
+        Sink::Seekable(out) => write_footer(input, &run, builder, out)?,
         Sink::Spooled { output, .. } | Sink::Stream(output) => {
-            write_footer(input, plan, builder, output, progress)?
+            write_footer(input, &run, builder, output)?
         }
     })
 }
 
-/// Runs the conveyor, writing each block through the builder.
-fn run_blocks<R: Read + Send>(
-    input: R,
-    plan: &Plan,
-    builder: &mut ImageBuilder<'_>,
-    body: &mut dyn Write,
-    base: Option<u64>,
-    progress: &dyn Fn(ProgressEvent),
-) -> Result<pipeline::InputStats, PackError> {
-    pipeline::run(input, plan, |done| {
-        builder.push(done, body, base)?;
-        let counts = builder.counts();
-        progress(ProgressEvent::Blocks {
-            blocks: counts.blocks,
-            input_bytes: counts.input_bytes,
-            output_bytes: builder.data_len(),
-        });
-        Ok(())
-    })
+/// What every run of the conveyor is given.
+struct Conveyor<'a> {
+    plan: &'a Plan,
+    reuse: Option<&'a Reuse<'a>>,
+    progress: &'a dyn Fn(ProgressEvent),
+}
+
+impl Conveyor<'_> {
+    /// Runs the conveyor, writing each block through the builder.
+    fn blocks<R: Read + Send>(
+        &self,
+        input: R,
+        builder: &mut ImageBuilder<'_>,
+        body: &mut dyn Write,
+        base: Option<u64>,
+    ) -> Result<pipeline::InputStats, PackError> {
+        let progress = self.progress;
+        pipeline::run(input, self.plan, self.reuse, |done| {
+            if let Reused::Rejected { old_block } = done.reused {
+                progress(ProgressEvent::ReuseRejected {
+                    block: done.block,
+                    old_block,
+                });
+            }
+            builder.push(done, body, base)?;
+            let counts = builder.counts();
+            progress(ProgressEvent::Blocks {
+                blocks: counts.blocks,
+                input_bytes: counts.input_bytes,
+                output_bytes: builder.data_len(),
+            });
+            Ok(())
+        })
+    }
 }
 
 fn flush<W: Write>(writer: BufWriter<W>, part: ImagePart, offset: u64) -> Result<(), PackError> {
@@ -239,46 +262,62 @@ fn write_head(
     builder.write_index(header_first_data_start(n), HEADER_LEN, out)
 }
 
-/// What follows `index[n]` in a header-first image: padding and trailer, or the padding to
-/// 512 of uzip images, or nothing. Returns the image length.
+/// What follows `index[n]` in a header-first image: padding, the block-digest table and the
+/// trailer (docs/FORMAT.md §12), or the padding to 512 of uzip images, or nothing. Returns the
+/// image length.
 fn write_tail<W: Write + ?Sized>(
     plan: &Plan,
     stats: &pipeline::InputStats,
+    builder: &ImageBuilder<'_>,
     data_end: u64,
     out: &mut W,
 ) -> Result<u64, PackError> {
-    let mut tail = Vec::new();
-    if plan.trailer {
-        let trailer = Trailer {
-            original_len: stats.len,
-            digest_algorithm: DigestAlgorithm::Sha256,
-            digest: stats.digest.map(|d| d.to_vec()).unwrap_or_default(),
-            data_end,
-            tool: plan.tool.clone(),
+    let mut write = |bytes: &[u8]| {
+        out.write_all(bytes)
+            .map_err(|e| PackError::write(ImagePart::Trailer, data_end, e))
+    };
+    if !plan.trailer {
+        let padding = match plan.dialect.spec().short_final_block {
+            true => (512 - data_end % 512) % 512,
+            false => 0,
         };
-        tail.resize(Trailer::padding_before(data_end) as usize, 0);
-        tail.extend_from_slice(&trailer.encode());
-    } else if plan.dialect.spec().short_final_block {
-        tail.resize(((512 - data_end % 512) % 512) as usize, 0);
+        write(&vec![0; padding as usize])?;
+        return Ok(data_end + padding);
     }
-    out.write_all(&tail)
-        .map_err(|e| PackError::write(ImagePart::Trailer, data_end, e))?;
-    Ok(data_end + tail.len() as u64)
+    let table = builder.digest_table();
+    let padding = Trailer::padding_before(data_end + table.len() as u64);
+    let table_at = data_end + padding;
+    let trailer = Trailer {
+        original_len: stats.len,
+        digest_algorithm: DigestAlgorithm::Sha256,
+        digest: stats.digest.map(|d| d.to_vec()).unwrap_or_default(),
+        data_end,
+        tool: plan.tool.clone(),
+        extension: TrailerExtension {
+            encoding: Some(plan.encoding),
+            digest_table: Some(DigestTableRef::for_table(table_at, table)),
+        },
+    };
+    write(&vec![0; padding as usize])?;
+    write(table)?;
+    let trailer = trailer.encode();
+    write(&trailer)?;
+    Ok(table_at + table.len() as u64 + trailer.len() as u64)
 }
 
 /// A footer image, front to back: lead-in, blocks, index, header.
 fn write_footer<R: Read + Send, W: Write + ?Sized>(
     input: R,
-    plan: &Plan,
+    run: &Conveyor<'_>,
     builder: &mut ImageBuilder<'_>,
     out: &mut W,
-    progress: &dyn Fn(ProgressEvent),
 ) -> Result<(pipeline::InputStats, u64, u64), PackError> {
+    let (plan, progress) = (run.plan, run.progress);
     let base = PREAMBLE_LEN as u64;
     let mut body = BufWriter::with_capacity(WRITE_BUFFER, out);
     body.write_all(&mkmodule_format::Dialect::footer_lead_in())
         .map_err(|e| PackError::write(ImagePart::LeadIn, 0, e))?;
-    let stats = run_blocks(input, plan, builder, &mut body, Some(base), progress)?;
+    let stats = run.blocks(input, builder, &mut body, Some(base))?;
     progress(ProgressEvent::Finishing);
     let data_end = base + builder.data_len();
     builder.write_index(base, data_end, &mut body)?;

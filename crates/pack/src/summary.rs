@@ -18,6 +18,15 @@ pub enum ProgressEvent {
     },
     /// Every block is written; the index (and a spooled block area) is being put in place.
     Finishing,
+    /// The older image given for reuse has a block with the digest of block `block` whose
+    /// bytes do not decode to it (damage, or a digest collision), or cannot be read: the block
+    /// was compressed instead. Delivered just before the block's `Blocks` report.
+    ReuseRejected {
+        /// The block of the new image.
+        block: u64,
+        /// The block of the older image.
+        old_block: u32,
+    },
 }
 
 /// What [`pack`] wrote.
@@ -41,6 +50,10 @@ pub struct PackSummary {
     pub shared_blocks: u64,
     /// Blocks that did not shrink (stored as level-0 zlib where the dialect has zlib).
     pub incompressible_blocks: u64,
+    /// Blocks whose compressed bytes were copied from an older image (`--reuse`).
+    pub reused_blocks: u64,
+    /// Blocks an older image offered whose bytes did not check out (compressed instead).
+    pub rejected_blocks: u64,
     /// Blocks whose bytes were written, per codec (codecs with none are left out).
     pub blocks_per_codec: Vec<(CodecKind, u64)>,
     /// SHA-256 of the input, recorded in the trailer (`None` without a trailer).

@@ -7,7 +7,7 @@ use std::io::Write;
 use mkmodule_codec::CodecKind;
 use mkmodule_format::{encode_entry, IndexEntry, OFFSET_MASK};
 
-use crate::block::{DedupKey, Done, Encoded, ZeroBlock};
+use crate::block::{DedupKey, Done, Encoded, Reused, ZeroBlock};
 use crate::encode::Encoding;
 use crate::error::{ImagePart, PackError};
 use crate::options::Plan;
@@ -28,6 +28,10 @@ pub(crate) struct Counts {
     pub per_codec: [u64; CodecKind::ALL.len()],
     /// Real input bytes (before padding).
     pub input_bytes: u64,
+    /// Blocks copied from an older image.
+    pub reused_blocks: u64,
+    /// Blocks an older image offered but whose bytes did not check out (compressed instead).
+    pub rejected_blocks: u64,
 }
 
 /// Builds the block area and the index, block by block, in order.
@@ -45,6 +49,8 @@ pub(crate) struct ImageBuilder<'p> {
     counts: Counts,
     /// Receives each block's dm-verity hashes, in order (only with a hash tree).
     verity: Option<&'p mut dyn DigestSink>,
+    /// The block-digest table (16 bytes per block), kept for the trailer.
+    digest_table: Vec<u8>,
 }
 
 fn codec_code(kind: CodecKind) -> u64 {
@@ -63,6 +69,7 @@ impl<'p> ImageBuilder<'p> {
             seen: HashMap::new(),
             counts: Counts::default(),
             verity: None,
+            digest_table: Vec::new(),
         }
     }
 
@@ -84,6 +91,11 @@ impl<'p> ImageBuilder<'p> {
         &self.counts
     }
 
+    /// The digests of the blocks so far, concatenated (empty without a trailer).
+    pub fn digest_table(&self) -> &[u8] {
+        &self.digest_table
+    }
+
     /// Number of blocks so far.
     pub fn num_blocks(&self) -> u64 {
         self.entries.len() as u64
@@ -101,6 +113,17 @@ impl<'p> ImageBuilder<'p> {
         self.counts.input_bytes += done.real_len as u64;
         if let Some(sink) = self.verity.as_mut() {
             sink.push_digests(&done.slot.leaves);
+        }
+        if self.plan.trailer {
+            let digest = done.digest.ok_or(PackError::Internal(
+                "a block reached the writer without its digest",
+            ))?;
+            self.digest_table.extend_from_slice(&digest);
+        }
+        match done.reused {
+            Reused::No => {}
+            Reused::Copied => self.counts.reused_blocks += 1,
+            Reused::Rejected { .. } => self.counts.rejected_blocks += 1,
         }
         match done.encoded {
             Encoded::Zero if self.plan.zero_length => {

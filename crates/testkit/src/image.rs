@@ -199,6 +199,7 @@ pub fn try_build(data: &[u8], spec: &Spec) -> Option<Built> {
                 digest,
                 data_end,
                 tool: spec.trailer_tool.into(),
+                extension: Default::default(),
             };
             image.resize(image.len() + Trailer::padding_before(data_end) as usize, 0);
             image.extend_from_slice(&trailer.encode());

@@ -406,6 +406,7 @@ fn trailer_is_found_and_corruption_named() {
         digest: vec![],
         data_end: end,
         tool: "mkmodule test".into(),
+        extension: Default::default(),
     };
     img.extend_from_slice(&trailer.encode());
     assert_eq!(img.len() % 512, 0);

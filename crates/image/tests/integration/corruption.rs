@@ -522,6 +522,7 @@ fn a_damaged_trailer_is_reported_and_ignored() {
         digest: Vec::new(),
         data_end: built.index().data_end(),
         tool: "liar".into(),
+        extension: Default::default(),
     };
     bytes[trailer_at..].copy_from_slice(&liar.encode());
     let file = write_temp(&bytes);

@@ -1,5 +1,10 @@
 //! `mkmodule commit`: fold a copy-on-write overlay (from `mkmodule serve --cow FILE`) and its
 //! image into a new image.
+//!
+//! When the new image has the base image's format, block size and encoder (the default when the
+//! base records its encoder), the compressed bytes of every block the overlay left alone are
+//! copied from the base instead of compressed again (docs/FORMAT.md §12.5); the image is the
+//! same either way.
 
 use std::fs::{File, OpenOptions as FileOptions};
 use std::io::{Read, Write};
@@ -7,13 +12,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mkmodule_blockdev::DeviceReader;
-use mkmodule_codec::CodecKind;
-use mkmodule_format::Dialect;
+use mkmodule_codec::{CodecKind, CodecSpec};
+use mkmodule_format::{BlockEncoding, Dialect};
 use mkmodule_image::OpenOptions;
 use mkmodule_overlay::OverlayOptions;
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack_with_plan, CodecChoice, FormatChoice, OutputKind,
-    PackOptions, PackSummary, Plan, Sink, SinkKind,
+    check_block_size, choose_dialect, pack_with_reuse, CodecChoice, FormatChoice, OutputKind,
+    PackOptions, PackSummary, Plan, ProgressEvent, Reuse, Sink, SinkKind,
 };
 
 use crate::open::{main_codec, open_device, open_overlay, Found, OverlayStore};
@@ -47,7 +52,8 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT")]
     format: Option<FormatChoice>,
 
-    /// Block codec (default: the image's codec at mkmodule's default level).
+    /// Block codec (default: the image's encoder when its trailer records it, else the image's
+    /// codec at mkmodule's default level).
     #[arg(
         short = 'c',
         long,
@@ -85,6 +91,8 @@ pub struct Args {
 struct BaseStyle {
     dialect: Dialect,
     codec: Option<CodecKind>,
+    /// The encoder the base's trailer records (codec and level, or best).
+    encoding: Option<BlockEncoding>,
     block_size: u32,
 }
 
@@ -94,6 +102,10 @@ fn base_style(found: &Found) -> Option<BaseStyle> {
         Found::Image(image) => Some(BaseStyle {
             dialect: image.dialect(),
             codec: main_codec(image),
+            encoding: image
+                .trailer()
+                .filter(|_| image.trailer_problem().is_none())
+                .and_then(|t| t.extension.encoding),
             block_size: image.block_size(),
         }),
         Found::Raw => None,
@@ -103,7 +115,8 @@ fn base_style(found: &Found) -> Option<BaseStyle> {
 /// `commit`'s `--codec` help: create's list, and the default.
 fn commit_codec_help() -> String {
     format!(
-        "{} Default: the image's codec at mkmodule's default level.",
+        "{} Default: the image's encoder when its trailer records it, else the image's codec at \
+         mkmodule's default level.",
         super::create::codec_short_help()
     )
 }
@@ -118,10 +131,12 @@ fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<Plan> {
         (None, Some(s)) => FormatChoice::Dialect(s.dialect),
         (None, None) => FormatChoice::V2,
     };
-    let codec = match (args.codec, style.and_then(|s| s.codec)) {
-        (Some(codec), _) => codec,
-        (None, Some(kind)) => CodecChoice::default_for(kind),
-        (None, None) => options.codec,
+    let recorded = style.and_then(|s| s.encoding).and_then(codec_choice);
+    let codec = match (args.codec, recorded, style.and_then(|s| s.codec)) {
+        (Some(codec), _, _) => codec,
+        (None, Some(codec), _) => codec,
+        (None, None, Some(kind)) => CodecChoice::default_for(kind),
+        (None, None, None) => options.codec,
     };
     let (dialect, codec) = match choose_dialect(format, codec, false, false) {
         Ok(chosen) => chosen,
@@ -155,6 +170,20 @@ fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<Plan> {
     Ok(options.plan()?)
 }
 
+/// The `--codec` that writes blocks as `encoding` did, when this build can.
+fn codec_choice(encoding: BlockEncoding) -> Option<CodecChoice> {
+    match encoding {
+        BlockEncoding::Best => Some(CodecChoice::Best),
+        BlockEncoding::Fixed { codec, level } => {
+            let spec = match mkmodule_codec::level_range(codec).is_some() {
+                true => CodecSpec::new(codec, i32::from(level)).ok()?,
+                false => CodecSpec::with_default_level(codec),
+            };
+            Some(CodecChoice::Fixed(spec))
+        }
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -186,6 +215,28 @@ pub fn run(args: Args) -> Result<()> {
     let base = open_device(&args.image, &OpenOptions::default())?;
     let size = base.device.size();
     let plan = plan(&args, base_style(&base.found).as_ref(), size)?;
+    let old = match &base.found {
+        Found::Image(image) => Some(std::sync::Arc::clone(image)),
+        Found::Raw => None,
+    };
+    let warn = |event| {
+        if let ProgressEvent::ReuseRejected { block, old_block } = event {
+            super::create::reuse::warn_rejected(block, old_block, Some(&args.image));
+        }
+    };
+    let reuse = old.as_deref().and_then(|image| {
+        Reuse::new(image, &plan, plan.threads)
+            .map_err(|e| {
+                if !args.quiet {
+                    eprintln!(
+                        "mkmodule: compressing every block: the blocks of {} cannot be copied: \
+                         {e}",
+                        args.image.display()
+                    );
+                }
+            })
+            .ok()
+    });
     let overlay = open_overlay(
         base.device,
         OverlayStore::ExistingReadOnly(&args.overlay),
@@ -204,9 +255,9 @@ pub fn run(args: Args) -> Result<()> {
                 .write(true)
                 .open(&args.output)
                 .with_context(|| format!("opening {name}"))?;
-            write_in_place(reader, &mut out, &plan, &name)?
+            write_in_place(reader, &mut out, &plan, &name, reuse.as_ref(), &warn)?
         }
-        _ => write_new_file(reader, &args, &plan, &name)?,
+        _ => write_new_file(reader, &args, &plan, &name, reuse.as_ref(), &warn)?,
     };
     bar.finish();
     eprintln!(
@@ -224,6 +275,9 @@ pub fn run(args: Args) -> Result<()> {
         human_bytes(summary.image_len),
         human_bytes(summary.input_len)
     );
+    if reuse.is_some() && !args.quiet {
+        eprintln!("{}", super::create::reuse::line(&summary, &args.image));
+    }
     Ok(())
 }
 
@@ -233,6 +287,8 @@ fn write_new_file(
     args: &Args,
     plan: &Plan,
     name: &str,
+    reuse: Option<&Reuse<'_>>,
+    warn: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary> {
     let replace = if args.force {
         Replace::Existing
@@ -246,8 +302,8 @@ fn write_new_file(
         // The length is known: a header-first image is written in place.
         _ => Sink::Seekable(&mut out),
     };
-    let summary =
-        pack_with_plan(reader, sink, plan, &|_| {}).with_context(|| format!("writing {name}"))?;
+    let summary = pack_with_reuse(reader, sink, plan, reuse, warn)
+        .with_context(|| format!("writing {name}"))?;
     drop(out);
     temp.commit(name)?;
     Ok(summary)
@@ -259,11 +315,13 @@ fn write_in_place(
     out: &mut File,
     plan: &Plan,
     name: &str,
+    reuse: Option<&Reuse<'_>>,
+    warn: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary> {
     let kind = in_place_kind(out);
     let summary = match SinkKind::choose(plan, kind, name)? {
-        SinkKind::Seekable => pack_with_plan(reader, Sink::Seekable(out), plan, &|_| {}),
-        _ => pack_with_plan(reader, Sink::Stream(out), plan, &|_| {}),
+        SinkKind::Seekable => pack_with_reuse(reader, Sink::Seekable(out), plan, reuse, warn),
+        _ => pack_with_reuse(reader, Sink::Stream(out), plan, reuse, warn),
     }
     .with_context(|| format!("writing {name}"))?;
     out.flush().with_context(|| format!("writing {name}"))?;

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use mkmodule_pack::verity::{HashTreeBuilder, VerityTree};
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack_with_plan, pack_with_verity, CodecChoice, FormatChoice,
-    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Sink, SinkKind,
+    check_block_size, choose_dialect, pack_with_reuse, pack_with_verity, CodecChoice, FormatChoice,
+    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Reuse, Sink, SinkKind,
     DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
+pub(crate) mod reuse;
 mod verity;
 
 use crate::output::{in_place_kind, Destination, OutputFile, Replace, SyncBehind};
@@ -107,6 +108,12 @@ pub struct Args {
     /// The UUID in the hash file's superblock (default: random).
     #[arg(long, value_name = "UUID", requires = "verity")]
     pub verity_uuid: Option<String>,
+
+    /// Copy the compressed bytes of every block that OLD_IMAGE already holds (at any position)
+    /// instead of compressing it again; the image is the same as without it. OLD_IMAGE must
+    /// have the same format, block size and codec (level included).
+    #[arg(long, value_name = "OLD_IMAGE")]
+    pub reuse: Option<PathBuf>,
 }
 
 /// The one-line `--codec` help of `create` and `commit`: the list the parse error gives too.
@@ -182,7 +189,8 @@ fn after_help() -> &'static str {
      mkmodule rootfs.img -o KNOPPIX                 portable image (v2, zlib, 64K blocks)\n  \
      mkisofs -R dir | mkmodule - -o KNOPPIX         from a pipe (blocks spooled beside OUT)\n  \
      mkisofs -R dir | mkmodule - -o - --format v4-footer > KNOPPIX\n  \
-     mkmodule disk.img -o disk.uzst -c zstd:9 --zero-blocks"
+     mkmodule disk.img -o disk.uzst -c zstd:9 --zero-blocks\n  \
+     mkmodule new.ext4 -o KNOPPIX.new --reuse KNOPPIX   remaster: copy the unchanged blocks"
 }
 
 /// Where the input comes from.
@@ -215,6 +223,8 @@ struct Job {
     json: bool,
     /// The dm-verity tree's parameters (`--verity`).
     verity: Option<mkmodule_pack::verity::VerityParams>,
+    /// The older image to copy blocks from (`--reuse`).
+    reuse: Option<PathBuf>,
 }
 
 impl Job {
@@ -287,6 +297,7 @@ impl Job {
             progress: args.progress.mode(args.quiet),
             json: args.json,
             verity,
+            reuse: args.reuse,
         })
     }
 }
@@ -297,6 +308,12 @@ pub fn run(args: Args) -> Result<()> {
     let (input, input_len) = open_input(&job.input, job.size)?;
     job.options.input_len = input_len;
     job.plan = job.plan.clone().with_input_len(input_len)?;
+    let old = job.reuse.as_deref().map(reuse::open_old).transpose()?;
+    let reuse = match (&old, &job.reuse) {
+        (Some(old), Some(path)) => Some(reuse::prepare(old, path, &job.plan, job.quiet)?),
+        _ => None,
+    };
+    let reuse = reuse.as_ref();
     match job.output.clone() {
         OutputSpec::Stdout => {
             if std::io::stdout().is_terminal() {
@@ -316,9 +333,10 @@ pub fn run(args: Args) -> Result<()> {
                 input,
                 File::from(stdout),
                 "standard output",
+                reuse,
             )
         }
-        OutputSpec::Path(path) => write_path(&job, input, &path),
+        OutputSpec::Path(path) => write_path(&job, input, &path, reuse),
     }
 }
 
@@ -380,6 +398,7 @@ fn write_direct(
     input: File,
     mut out: File,
     name: &str,
+    reuse: Option<&Reuse<'_>>,
 ) -> Result<()> {
     if job.verity.is_some() {
         bail!("--verity needs a regular output file, not {name}: the hash tree goes beside it");
@@ -390,7 +409,7 @@ fn write_direct(
         SinkKind::Seekable => Sink::Seekable(&mut out),
         _ => Sink::Stream(&mut out),
     };
-    match run_pack(job, progress, input, sink, name, None) {
+    match run_pack(job, progress, input, sink, name, None, reuse) {
         Ok(summary) => {
             if regular {
                 out.set_len(summary.image_len)
@@ -411,7 +430,7 @@ fn write_direct(
 }
 
 /// Writes to a path: a temporary file beside it, synced and renamed into place when complete.
-fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
+fn write_path(job: &Job, input: File, path: &Path, reuse: Option<&Reuse<'_>>) -> Result<()> {
     match Destination::of(path) {
         Destination::Directory => bail!(
             "the output {} is a directory: name a file, e.g. {}",
@@ -436,7 +455,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
                 "the special file"
             };
             let name = format!("{kind} {}", path.display());
-            return write_direct(job, &job.progress(), input, out, &name);
+            return write_direct(job, &job.progress(), input, out, &name, reuse);
         }
     }
     let replace = if job.force {
@@ -475,7 +494,7 @@ fn write_path(job: &Job, input: File, path: &Path) -> Result<()> {
         },
         _ => Sink::Stream(&mut out),
     };
-    let summary = run_pack(job, progress, input, sink, &name, tree.as_mut())?;
+    let summary = run_pack(job, progress, input, sink, &name, tree.as_mut(), reuse)?;
     drop(out);
     let hash_name = hash_path.display().to_string();
     let finished = match (tree, sidecar.as_mut()) {
@@ -500,6 +519,7 @@ fn run_pack(
     sink: Sink<'_>,
     out_name: &str,
     tree: Option<&mut HashTreeBuilder<File>>,
+    reuse: Option<&Reuse<'_>>,
 ) -> Result<PackSummary> {
     let total = job.plan.input_len;
     let bs = u64::from(job.plan.block_size);
@@ -521,10 +541,13 @@ fn run_pack(
             bar.set_phase("index");
             bar.set_message("writing the index");
         }
+        ProgressEvent::ReuseRejected { block, old_block } => {
+            bar.suspend(|| reuse::warn_rejected(block, old_block, job.reuse.as_deref()));
+        }
     };
     let result = match tree {
-        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, &progress),
-        None => pack_with_plan(input, sink, &job.plan, &progress),
+        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, reuse, &progress),
+        None => pack_with_reuse(input, sink, &job.plan, reuse, &progress),
     };
     result.map_err(|error| match error {
         PackError::Read { .. } => {
@@ -570,6 +593,9 @@ fn report(
             "zero_blocks": s.zero_blocks,
             "shared_blocks": s.shared_blocks,
             "incompressible_blocks": s.incompressible_blocks,
+            "blocks_reused": s.reused_blocks,
+            "blocks_compressed": reuse::compressed_blocks(s),
+            "blocks_reuse_rejected": s.rejected_blocks,
             "blocks_per_codec": codecs,
             "trailer": s.trailer,
             "sha256": s.sha256.map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
@@ -602,6 +628,9 @@ fn report(
         );
         if let Some((tree, hash_file)) = verity {
             eprintln!("{}", verity::line(tree, hash_file));
+        }
+        if let Some(old) = &job.reuse {
+            eprintln!("{}", reuse::line(s, old));
         }
     }
     Ok(())

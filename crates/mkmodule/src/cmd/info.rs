@@ -52,6 +52,8 @@ struct Info {
     readers: Vec<&'static str>,
     trailer: Option<TrailerInfo>,
     trailer_problem: Option<String>,
+    /// The trailer's block-digest table (docs/FORMAT.md §12.4), when it records one.
+    digest_table: Option<DigestTableInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     block_table: Option<Vec<BlockRow>>,
 }
@@ -63,6 +65,17 @@ struct TrailerInfo {
     digest: String,
     data_end: u64,
     tool: String,
+    /// The block encoder recorded (`zlib:5`, `best`), when recorded.
+    block_encoding: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DigestTableInfo {
+    offset: u64,
+    entries: u32,
+    /// Whether the table is in place and matches its checksum (only then is it used).
+    valid: bool,
+    problem: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,12 +189,32 @@ fn collect(image: &Image, with_blocks: bool) -> Info {
             digest: t.digest.iter().map(|b| format!("{b:02x}")).collect(),
             data_end: t.data_end,
             tool: t.tool.clone(),
+            block_encoding: t.extension.encoding.map(|e| e.to_string()),
         }),
         trailer_problem: image
             .trailer_problem()
             .map(|p| mkmodule_blockdev::chain_text(p)),
+        digest_table: digest_table_info(image),
         block_table,
     }
+}
+
+/// The block-digest table a usable trailer records, read and checked.
+fn digest_table_info(image: &Image) -> Option<DigestTableInfo> {
+    let table = image.trailer()?.extension.digest_table?;
+    if image.trailer_problem().is_some() {
+        return None;
+    }
+    let problem = image
+        .digest_table()
+        .err()
+        .map(|e| mkmodule_blockdev::chain_text(&e));
+    Some(DigestTableInfo {
+        offset: table.offset,
+        entries: table.entries,
+        valid: problem.is_none(),
+        problem,
+    })
 }
 
 fn print_text(out: &mut impl Write, info: &Info) -> std::io::Result<()> {
@@ -248,11 +281,25 @@ fn print_text(out: &mut impl Write, info: &Info) -> std::io::Result<()> {
             writeln!(out, "trailer:          written by {}", t.tool)?;
             writeln!(out, "  original size:  {}", t.original_len)?;
             writeln!(out, "  digest:         {} {}", t.digest_algorithm, t.digest)?;
+            if let Some(encoding) = &t.block_encoding {
+                writeln!(out, "  block encoder:  {encoding}")?;
+            }
         }
         None => writeln!(out, "trailer:          none")?,
     }
     if let Some(problem) = &info.trailer_problem {
         writeln!(out, "trailer problem:  {problem}")?;
+    }
+    if let Some(table) = &info.digest_table {
+        let state = match &table.problem {
+            None => "valid".to_string(),
+            Some(problem) => format!("not used: {problem}"),
+        };
+        writeln!(
+            out,
+            "block digests:    {} at offset {}, {state}",
+            table.entries, table.offset
+        )?;
     }
     if let Some(rows) = &info.block_table {
         writeln!(out)?;

@@ -28,6 +28,7 @@ mod info;
 mod interrupt;
 mod mount;
 mod progress;
+mod reuse;
 mod serve;
 mod serve_guest;
 mod serve_hostile;

@@ -79,6 +79,7 @@ fn the_trailer_digest_is_checked() {
         digest: vec![0xAB; 32],
         data_end: built.index().data_end(),
         tool: "liar".into(),
+        extension: Default::default(),
     };
     bytes[at..].copy_from_slice(&wrong.encode());
     let bad = write(dir.path(), "bad-digest", &bytes);
@@ -167,6 +168,7 @@ fn zero_length_claim(block_size: u32, blocks: u32, trailer_len: Option<u64>) -> 
             digest: vec![0x5a; 32],
             data_end,
             tool: "mkmodule tests".into(),
+            extension: Default::default(),
         };
         image.extend_from_slice(&trailer.encode());
     }

@@ -7,4 +7,5 @@
 //! Tests here run as threads of one process: anything process-wide (environment variables, the
 //! current directory, signal handlers, fixed ports) must be serialised explicitly.
 
+mod reuse;
 mod roundtrip;

@@ -1,0 +1,241 @@
+//! `create --reuse OLD` and `commit` copying the blocks the overlay left alone: the images are
+//! byte-identical to those made without reuse, the counts are reported, a damaged OLD gives its
+//! damaged block up to compression with a warning naming it, other options are refused, and
+//! `info` shows the block-digest table.
+
+use std::sync::Arc;
+
+use crate::common_create;
+
+use common_create::*;
+use mkmodule_blockdev::BlockDevice;
+use mkmodule_format::{parse_image, BlockKind};
+use mkmodule_image::{Image, ImageDevice};
+use mkmodule_overlay::{Overlay, OverlayOptions};
+
+const BS: usize = 4096;
+
+fn json(stdout: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(stdout).unwrap()
+}
+
+/// `mixed` data with a few blocks changed, one inserted and one removed.
+fn remastered(old: &[u8]) -> Vec<u8> {
+    let mut new = old.to_vec();
+    new[5 * BS + 17] ^= 1;
+    new[20 * BS..21 * BS].copy_from_slice(&random(BS, 99));
+    new.drain(9 * BS..10 * BS);
+    new.splice(2 * BS..2 * BS, random(BS, 7));
+    new.extend_from_slice(b"and a new tail");
+    new
+}
+
+/// A directory holding `data` as `in.raw` and the image `create in.raw -q ARGS` makes of it.
+fn with_image(data: &[u8], args: &[&str]) -> tempfile::TempDir {
+    let dir = tempdir();
+    put(dir.path(), "in.raw", data);
+    ok(dir.path(), &[&["in.raw", "-q"], args].concat(), None);
+    dir
+}
+
+#[test]
+fn reuse_gives_the_same_image_and_counts_the_blocks() {
+    let dir = tempdir();
+    let old = mixed(40 * BS + 300);
+    let new = remastered(&old);
+    put(dir.path(), "old.raw", &old);
+    put(dir.path(), "new.raw", &new);
+    for extra in [
+        &["-c", "zlib:7"][..],
+        &["-c", "zstd:3", "--dedup"],
+        &["-c", "lz4"],
+    ] {
+        let with = |args: &[&'static str]| [&["-B", "4K", "-q"], extra, args].concat();
+        ok(dir.path(), &with(&["old.raw", "-o", "old.img", "-f"]), None);
+        ok(
+            dir.path(),
+            &with(&["new.raw", "-o", "plain.img", "-f"]),
+            None,
+        );
+        let report = ok(
+            dir.path(),
+            &with(&[
+                "new.raw",
+                "-o",
+                "reused.img",
+                "-f",
+                "--json",
+                "--reuse",
+                "old.img",
+            ]),
+            None,
+        );
+        let plain = std::fs::read(dir.path().join("plain.img")).unwrap();
+        let reused = std::fs::read(dir.path().join("reused.img")).unwrap();
+        assert!(plain == reused, "{extra:?}: the images differ");
+        let report = json(&report);
+        let (copied, compressed) = (&report["blocks_reused"], &report["blocks_compressed"]);
+        let n = report["num_blocks"].as_u64().unwrap();
+        let zero = report["zero_blocks"].as_u64().unwrap();
+        assert!(copied.as_u64().unwrap() > n / 2, "{extra:?}: {report}");
+        assert_eq!(
+            copied.as_u64().unwrap() + compressed.as_u64().unwrap() + zero,
+            n
+        );
+        assert_eq!(report["blocks_reuse_rejected"], 0);
+    }
+}
+
+#[test]
+fn reuse_with_other_options_is_refused_naming_the_option() {
+    let dir = with_image(&mixed(10 * BS), &["-o", "old.img", "-c", "zlib:9"]);
+    let err = fails(
+        dir.path(),
+        &["in.raw", "-o", "new.img", "--reuse", "old.img"],
+        None,
+    );
+    assert!(
+        err.contains("cannot reuse the blocks of old.img: its blocks were compressed as zlib:9")
+            && err.contains("give --codec zlib:9"),
+        "{err}"
+    );
+    let err = fails(
+        dir.path(),
+        &["in.raw", "-o", "new.img", "-B", "32K", "--reuse", "old.img"],
+        None,
+    );
+    assert!(err.contains("give --block-size 65536"), "{err}");
+    assert!(!dir.path().join("new.img").exists());
+}
+
+#[test]
+fn a_damaged_block_of_old_is_compressed_again_with_a_warning() {
+    let dir = tempdir();
+    let data = random(12 * BS, 5);
+    put(dir.path(), "in.raw", &data);
+    ok(
+        dir.path(),
+        &["in.raw", "-o", "old.img", "-B", "4K", "-q"],
+        None,
+    );
+    let path = dir.path().join("old.img");
+    let mut old = std::fs::read(&path).unwrap();
+    let entry = *parse_image(&old).unwrap().index.get(6).unwrap();
+    assert_eq!(entry.kind, BlockKind::Stored);
+    for k in 0..4 {
+        old[(entry.offset + 100 + k) as usize] ^= 0x55;
+    }
+    std::fs::write(&path, &old).unwrap();
+    let out = run_in(
+        dir.path(),
+        &[
+            "in.raw", "-o", "new.img", "-B", "4K", "--reuse", "old.img", "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: block 6 of old.img does not decode to the new block 6"),
+        "{stderr}"
+    );
+    let report = json(&out.stdout);
+    assert_eq!(report["blocks_reuse_rejected"], 1);
+    assert_eq!(report["blocks_reused"], 11);
+    ok(
+        dir.path(),
+        &["in.raw", "-o", "plain.img", "-B", "4K", "-q"],
+        None,
+    );
+    let plain = std::fs::read(dir.path().join("plain.img")).unwrap();
+    assert!(plain == std::fs::read(dir.path().join("new.img")).unwrap());
+}
+
+#[test]
+fn info_shows_the_digest_table_and_its_damage() {
+    let dir = with_image(&mixed(6 * BS), &["-o", "a.img", "-B", "4K"]);
+    let info = json(&ok(dir.path(), &["info", "--json", "a.img"], None));
+    let table = &info["digest_table"];
+    assert_eq!(table["entries"], 6);
+    assert_eq!(table["valid"], true);
+    assert_eq!(info["trailer"]["block_encoding"], "zlib:5");
+    let path = dir.path().join("a.img");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = table["offset"].as_u64().unwrap() as usize;
+    bytes[at + 3] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let info = json(&ok(dir.path(), &["info", "--json", "a.img"], None));
+    assert_eq!(info["digest_table"]["valid"], false);
+    let problem = info["digest_table"]["problem"].as_str().unwrap();
+    assert!(problem.contains("block-digest table"), "{problem}");
+    assert!(info["trailer_problem"].is_null());
+    assert_eq!(info["original_size"], 6 * BS);
+    // No trailer, no table.
+    ok(
+        dir.path(),
+        &["in.raw", "-o", "b.img", "--no-trailer", "-q"],
+        None,
+    );
+    let info = json(&ok(dir.path(), &["info", "--json", "b.img"], None));
+    assert!(info["digest_table"].is_null());
+}
+
+/// `commit` copies every block the overlay did not touch: the same image as a plain `create`
+/// of the merged contents.
+#[test]
+fn commit_reuses_the_untouched_blocks() {
+    let dir = tempdir();
+    let data = mixed(32 * BS);
+    put(dir.path(), "base.raw", &data);
+    ok(
+        dir.path(),
+        &[
+            "base.raw", "-o", "base.img", "-B", "4K", "-c", "zlib:8", "-q",
+        ],
+        None,
+    );
+    let image = Arc::new(Image::open(dir.path().join("base.img")).unwrap());
+    let base: Arc<dyn BlockDevice> = Arc::new(ImageDevice::new(image));
+    let options = OverlayOptions::default().with_chunk_size(BS as u32);
+    let overlay = Overlay::create(&dir.path().join("over.cow"), base, &options).unwrap();
+    let mut merged = data.clone();
+    for (block, seed) in [(3usize, 1u64), (17, 2), (30, 3)] {
+        let fresh = random(BS, seed);
+        overlay.write_at(&fresh, (block * BS) as u64).unwrap();
+        merged[block * BS..(block + 1) * BS].copy_from_slice(&fresh);
+    }
+    overlay.flush().unwrap();
+    drop(overlay);
+    let out = run_in(
+        dir.path(),
+        &["commit", "base.img", "over.cow", "-o", "new.img"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("blocks copied from base.img, 3 compressed"),
+        "{stderr}"
+    );
+    put(dir.path(), "merged.raw", &merged);
+    ok(
+        dir.path(),
+        &[
+            "merged.raw",
+            "-o",
+            "plain.img",
+            "-B",
+            "4K",
+            "-c",
+            "zlib:8",
+            "-q",
+        ],
+        None,
+    );
+    let plain = std::fs::read(dir.path().join("plain.img")).unwrap();
+    assert!(plain == std::fs::read(dir.path().join("new.img")).unwrap());
+}

@@ -1,0 +1,235 @@
+//! The remaster benchmark: `cargo xtask remaster [EXT4] [--rounds N] [--debug]`, and a section
+//! of `cargo xtask compare`.
+//!
+//! A copy of an ext4 image is loop-mounted read-write (this needs root) and changed as a
+//! remaster changes a live system: about 20 MiB of new files, 100 files rewritten (written
+//! anew beside themselves and renamed over, as package managers do), 5 deleted. Then the
+//! changed image is compressed twice, alternating, `rounds` times: a full `mkmodule create`
+//! and `mkmodule create --reuse OLD`, OLD being the image of the unchanged copy. The report
+//! gives both times, the share of blocks copied and whether the two outputs are byte-identical.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::common::{
+    corpus_dir, median, positive_arg, require_tools, shell_quote, time_shell, workspace_root,
+};
+use crate::{cargo, run};
+
+/// New files added, each [`NEW_FILE_BYTES`] long.
+const NEW_FILES: usize = 20;
+const NEW_FILE_BYTES: usize = 1 << 20;
+/// Files rewritten and deleted.
+const REWRITTEN: usize = 100;
+const DELETED: usize = 5;
+
+/// `cargo xtask remaster [EXT4] [--rounds N] [--debug]`: the section alone, on any ext4 image
+/// (default: the corpus's `rootfs.ext4`). `--debug` times the debug build instead of building
+/// a release one: a quick check of the benchmark itself, whose times then mean nothing.
+pub fn remaster(args: &[String]) -> Result<()> {
+    let mut rounds = 3usize;
+    let mut debug = false;
+    let mut raw = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--rounds" => rounds = positive_arg(&mut words, "--rounds")?,
+            "--debug" => debug = true,
+            other if !other.starts_with('-') && raw.is_none() => raw = Some(PathBuf::from(other)),
+            other => bail!("remaster: unknown argument {other:?}"),
+        }
+    }
+    let root = workspace_root()?;
+    let mkmodule = if debug {
+        cargo(&["build", "-p", "mkmodule"])?;
+        root.join("target/debug/mkmodule")
+    } else {
+        cargo(&["build", "--release", "-p", "mkmodule"])?;
+        root.join("target/release/mkmodule")
+    };
+    let raw = raw.unwrap_or_else(|| corpus_dir().join("rootfs.ext4"));
+    let scratch = root.join("target/remaster");
+    std::fs::create_dir_all(&scratch)?;
+    let report = section(&mkmodule, &raw, &scratch, rounds)?;
+    let out = root.join("target/remaster.md");
+    std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Runs the benchmark on a copy of the ext4 image `raw` in `scratch` with the mkmodule binary
+/// `mkmodule`, and returns its markdown section.
+pub fn section(mkmodule: &Path, raw: &Path, scratch: &Path, rounds: usize) -> Result<String> {
+    require_tools(&["/usr/bin/time", "mount", "umount", "cmp"])?;
+    let edited = scratch.join("remaster.ext4");
+    let old = scratch.join("remaster-old.img");
+    std::fs::copy(raw, &edited)
+        .with_context(|| format!("copying {} to {}", raw.display(), edited.display()))?;
+    run(Command::new(mkmodule)
+        .arg(raw)
+        .arg("-o")
+        .arg(&old)
+        .args(["-f", "-q"]))?;
+    let changes = edit(&edited, &scratch.join("mnt"))?;
+
+    let mk = shell_quote(mkmodule);
+    let (full_out, reuse_out) = (scratch.join("full.img"), scratch.join("reused.img"));
+    let report_json = scratch.join("reused.json");
+    let full = format!(
+        "{mk} {} -o {} -f -q",
+        shell_quote(&edited),
+        shell_quote(&full_out)
+    );
+    let reuse = format!(
+        "{mk} {} -o {} -f -q --json --reuse {} > {}",
+        shell_quote(&edited),
+        shell_quote(&reuse_out),
+        shell_quote(&old),
+        shell_quote(&report_json)
+    );
+    let (mut full_runs, mut reuse_runs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (label, command, runs) in [
+            ("create", &full, &mut full_runs),
+            ("create --reuse", &reuse, &mut reuse_runs),
+        ] {
+            Command::new("sync").status().context("running sync")?;
+            let timed = time_shell(label, command)?;
+            eprintln!(
+                "remaster: {label} (round {round}/{rounds}): {:.2} s wall, {:.2} s cpu",
+                timed.wall, timed.cpu
+            );
+            runs.push(timed);
+        }
+    }
+    let identical = Command::new("cmp")
+        .arg("-s")
+        .arg(&full_out)
+        .arg(&reuse_out)
+        .status()?
+        .success();
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_json)?)
+        .context("reading the --json report of create --reuse")?;
+    let count = |key: &str| summary[key].as_u64().unwrap_or(0);
+    let (blocks, reused) = (count("num_blocks"), count("blocks_reused"));
+    let zero = count("zero_blocks");
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Remaster (a copy of `{}`, loop-mounted read-write: {changes}; portable options)\n\n\
+         | run | wall s | cpu s | peak RSS MiB |\n|---|---|---|---|",
+        raw.file_name().unwrap_or_default().to_string_lossy()
+    );
+    for (label, runs) in [("create", &full_runs), ("create --reuse OLD", &reuse_runs)] {
+        let _ = writeln!(
+            out,
+            "| {label} | {:.2} | {:.2} | {:.1} |",
+            median(runs.iter().map(|t| t.wall).collect()),
+            median(runs.iter().map(|t| t.cpu).collect()),
+            median(runs.iter().map(|t| t.rss_kib as f64).collect()) / 1024.0
+        );
+    }
+    let speedup = median(full_runs.iter().map(|t| t.wall).collect())
+        / median(reuse_runs.iter().map(|t| t.wall).collect()).max(1e-9);
+    let _ = writeln!(
+        out,
+        "\nBlocks copied from OLD: {reused} of {blocks} ({:.1} %; {zero} all-zero blocks need no \
+         work either way). create --reuse is {speedup:.2}x as fast as create. The two outputs \
+         are {}.",
+        100.0 * reused as f64 / blocks.max(1) as f64,
+        if identical {
+            "byte-identical"
+        } else {
+            "DIFFERENT"
+        }
+    );
+    if !identical {
+        bail!("create --reuse wrote another image than create:\n{out}");
+    }
+    Ok(out)
+}
+
+/// Loop-mounts `image` read-write on `mnt` and changes it; returns a description.
+fn edit(image: &Path, mnt: &Path) -> Result<String> {
+    std::fs::create_dir_all(mnt)?;
+    run(Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(image)
+        .arg(mnt))?;
+    let result = change_files(mnt);
+    let unmounted = run(Command::new("umount").arg(mnt));
+    let description = result?;
+    unmounted?;
+    Ok(description)
+}
+
+/// The changes of a remaster, deterministic for a given tree.
+fn change_files(root: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    list_files(root, &mut files)?;
+    files.sort();
+    let step = (files.len() / (REWRITTEN + DELETED)).max(1);
+    let chosen: Vec<&PathBuf> = files.iter().step_by(step).collect();
+    let (rewrite, delete) = chosen.split_at(chosen.len().min(REWRITTEN));
+    let delete = &delete[..delete.len().min(DELETED)];
+    for (k, path) in rewrite.iter().enumerate() {
+        let mut bytes = std::fs::read(path)?;
+        bytes.extend_from_slice(format!("\nrewritten by the remaster benchmark {k}\n").as_bytes());
+        let fresh = path.with_extension("remaster-new");
+        std::fs::write(&fresh, &bytes)?;
+        std::fs::rename(&fresh, path)?;
+    }
+    for path in delete {
+        std::fs::remove_file(path)?;
+    }
+    let added = root.join("remaster-added");
+    std::fs::create_dir_all(&added)?;
+    for k in 0..NEW_FILES {
+        std::fs::write(added.join(format!("file{k:02}")), new_file(k as u64))?;
+    }
+    Ok(format!(
+        "{} MiB in {NEW_FILES} new files, {} files rewritten, {} deleted",
+        (NEW_FILES * NEW_FILE_BYTES) >> 20,
+        rewrite.len(),
+        delete.len()
+    ))
+}
+
+/// Regular files under `dir`, `lost+found` left out.
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() && entry.file_name() != "lost+found" {
+            list_files(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// A new file's contents: half text, half pseudo-random bytes, as binaries and data mix.
+fn new_file(seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(NEW_FILE_BYTES);
+    let mut line = 0u64;
+    while out.len() < NEW_FILE_BYTES / 2 {
+        let text = format!(
+            "file {seed} line {line}: configuration value {}\n",
+            line * 7919 % 1013
+        );
+        out.extend_from_slice(text.as_bytes());
+        line += 1;
+    }
+    out.truncate(NEW_FILE_BYTES / 2);
+    out.extend_from_slice(&mkmodule_testkit::data::random(
+        NEW_FILE_BYTES / 2,
+        seed + 1,
+    ));
+    out
+}
