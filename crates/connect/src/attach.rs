@@ -168,8 +168,9 @@ impl Attachment {
             let first = match dial(server, &options.export, options.handshake_timeout) {
                 Ok(c) => c,
                 Err(e) => {
-                    log(&format!("{server}: {}", mkmodule_blockdev::chain_text(&e)));
-                    failures.push(format!("{server}: {}", mkmodule_blockdev::chain_text(&e)));
+                    let failure = format!("{server}: {}", mkmodule_blockdev::chain_text(&e));
+                    log(&failure);
+                    failures.push(failure);
                     continue;
                 }
             };

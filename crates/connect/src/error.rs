@@ -23,7 +23,7 @@ pub enum HandshakeError {
         what: &'static str,
     },
     /// Reading or writing the socket failed.
-    #[error("{what} failed")]
+    #[error("I/O error during {what}")]
     Io {
         /// Which step.
         what: &'static str,

@@ -65,21 +65,14 @@ pub fn negotiate<S: Read + Write>(
     if server_flags & proto::FLAG_NO_ZEROES != 0 {
         client_flags |= proto::FLAG_C_NO_ZEROES;
     }
-    write_all(stream, &client_flags.to_be_bytes())?;
+    write_all(stream, &client_flags.to_be_bytes(), "the handshake")?;
 
     // NBD_OPT_GO: name, then the information requests.
-    let requests = [proto::INFO_BLOCK_SIZE, proto::INFO_DESCRIPTION];
-    let mut data = Vec::with_capacity(4 + export.len() + 2 + 2 * requests.len());
-    data.extend_from_slice(
-        &u32::try_from(export.len())
-            .expect("short name")
-            .to_be_bytes(),
-    );
-    data.extend_from_slice(export.as_bytes());
-    data.extend_from_slice(&u16::try_from(requests.len()).expect("few").to_be_bytes());
-    for r in requests {
-        data.extend_from_slice(&r.to_be_bytes());
+    let data = proto::InfoRequest {
+        name: export.to_string(),
+        requests: vec![proto::INFO_BLOCK_SIZE, proto::INFO_DESCRIPTION],
     }
+    .encode();
     send_option(stream, proto::OPT_GO, &data)?;
 
     let mut size_flags: Option<(u64, u16)> = None;
@@ -153,16 +146,14 @@ pub fn negotiate<S: Read + Write>(
 }
 
 fn send_option<S: Write>(stream: &mut S, option: u32, data: &[u8]) -> Result<(), HandshakeError> {
-    let mut message = Vec::with_capacity(proto::OPTION_HEADER_LEN + data.len());
-    message.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
-    message.extend_from_slice(&option.to_be_bytes());
-    message.extend_from_slice(
-        &u32::try_from(data.len())
-            .expect("short option")
-            .to_be_bytes(),
-    );
+    let header = proto::OptionHeader {
+        magic: proto::IHAVEOPT,
+        option,
+        len: u32::try_from(data.len()).expect("short option"),
+    };
+    let mut message = header.encode().to_vec();
     message.extend_from_slice(data);
-    write_all(stream, &message)
+    write_all(stream, &message, "the handshake")
 }
 
 /// Reads one option reply to `option`: its type and payload.
@@ -193,7 +184,9 @@ fn read_reply<S: Read>(stream: &mut S, option: u32) -> Result<(u32, Vec<u8>), Ha
     Ok((reply, payload))
 }
 
-fn read_exact<S: Read>(
+/// Reads exactly `buf.len()` bytes; the end of the stream, a reset or a broken pipe is
+/// [`HandshakeError::Vanished`] during `what`.
+pub(crate) fn read_exact<S: Read>(
     stream: &mut S,
     buf: &mut [u8],
     what: &'static str,
@@ -207,20 +200,20 @@ fn read_exact<S: Read>(
     })
 }
 
-fn write_all<S: Write>(stream: &mut S, buf: &[u8]) -> Result<(), HandshakeError> {
+/// Writes and flushes `buf`, with the errors of [`read_exact`].
+pub(crate) fn write_all<S: Write>(
+    stream: &mut S,
+    buf: &[u8],
+    what: &'static str,
+) -> Result<(), HandshakeError> {
     stream
         .write_all(buf)
         .and_then(|()| stream.flush())
         .map_err(|source| {
             if crate::error::is_hang_up(&source) {
-                HandshakeError::Vanished {
-                    what: "the handshake",
-                }
+                HandshakeError::Vanished { what }
             } else {
-                HandshakeError::Io {
-                    what: "the handshake",
-                    source,
-                }
+                HandshakeError::Io { what, source }
             }
         })
 }

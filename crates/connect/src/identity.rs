@@ -13,6 +13,10 @@ use mkmodule_nbd::proto;
 use sha2::{Digest, Sha256};
 
 use crate::error::HandshakeError;
+use crate::handshake::{read_exact, write_all};
+
+/// The step named in errors.
+const WHAT: &str = "the identity samples";
 
 /// How many blocks are sampled.
 pub const SAMPLES: u64 = 16;
@@ -64,22 +68,17 @@ pub fn probe<S: Read + Write>(stream: &mut S, size: u64) -> Result<Identity, Han
     let mut hash = Sha256::new();
     let mut data = vec![0u8; SAMPLE_LEN as usize];
     for (cookie, (offset, len)) in (1u64..).zip(sample_offsets(size)) {
-        let mut request = Vec::with_capacity(28);
-        request.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
-        request.extend_from_slice(&0u16.to_be_bytes());
-        request.extend_from_slice(&proto::CMD_READ.to_be_bytes());
-        request.extend_from_slice(&cookie.to_be_bytes());
-        request.extend_from_slice(&offset.to_be_bytes());
-        request.extend_from_slice(&len.to_be_bytes());
-        stream
-            .write_all(&request)
-            .and_then(|()| stream.flush())
-            .map_err(|source| HandshakeError::Io {
-                what: "a read of the identity samples",
-                source,
-            })?;
-        let mut reply = [0u8; 16];
-        read(stream, &mut reply)?;
+        let request = proto::Request {
+            magic: proto::REQUEST_MAGIC,
+            flags: 0,
+            cmd: proto::CMD_READ,
+            cookie,
+            offset,
+            len,
+        };
+        write_all(stream, &request.encode(), WHAT)?;
+        let mut reply = [0u8; proto::SIMPLE_REPLY_LEN];
+        read_exact(stream, &mut reply, WHAT)?;
         let magic = u32::from_be_bytes(reply[0..4].try_into().expect("4 bytes"));
         let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
         let answered = u64::from_be_bytes(reply[8..16].try_into().expect("8 bytes"));
@@ -95,28 +94,13 @@ pub fn probe<S: Read + Write>(stream: &mut S, size: u64) -> Result<Identity, Han
             });
         }
         let buf = &mut data[..len as usize];
-        read(stream, buf)?;
+        read_exact(stream, buf, WHAT)?;
         hash.update(offset.to_be_bytes());
         hash.update(&*buf);
     }
     Ok(Identity {
         size,
         digest: hash.finalize().into(),
-    })
-}
-
-fn read<S: Read>(stream: &mut S, buf: &mut [u8]) -> Result<(), HandshakeError> {
-    stream.read_exact(buf).map_err(|source| {
-        if crate::error::is_hang_up(&source) {
-            HandshakeError::Vanished {
-                what: "the identity samples",
-            }
-        } else {
-            HandshakeError::Io {
-                what: "a read of the identity samples",
-                source,
-            }
-        }
     })
 }
 

@@ -362,7 +362,7 @@ impl InfoRequest {
         Ok(InfoRequest { name, requests })
     }
 
-    /// Encode an INFO/GO payload (used by tests).
+    /// Encode an INFO/GO payload (used by tests and `mkmodule connect`).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
@@ -457,7 +457,7 @@ impl Request {
         }
     }
 
-    /// Encode a 28-byte request header (used by tests).
+    /// Encode a 28-byte request header (used by tests and `mkmodule connect`).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0..4].copy_from_slice(&self.magic.to_be_bytes());

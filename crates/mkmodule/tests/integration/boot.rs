@@ -178,10 +178,9 @@ impl Served {
         &self.log
     }
 
-    /// SIGKILL, as a crash would.
-    pub(crate) fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGKILL, as a crash would (what dropping it does).
+    pub(crate) fn kill(self) {
+        drop(self);
     }
 
     /// SIGTERM (the overlay is flushed), then checks a clean exit.
