@@ -44,6 +44,10 @@
 #   --timeout SECS    bound on the guest run (default 120)
 #   --memory MIB      guest memory (default 256)
 #   --keep            keep the work directory (initramfs, console log)
+#   --until REGEX     stop the guest when a console line matches REGEX (bash regex) and
+#                     succeed without the marker: for roots with their own init, e.g. a
+#                     distribution booting systemd ('Reached target.*Multi-User')
+#   --append WORDS    more words for the kernel command line (e.g. systemd.show_status=1)
 #   --console FILE    copy the guest's console log (lines stamped with ms from qemu's start) to FILE
 #   --check           only check the prerequisites
 #
@@ -57,10 +61,12 @@
 #   === marker root=DEVICE mode=ro|rw uptime=S      (from the root's /sbin/init)
 #   === hello TEXT                                  (first line of /hello.txt, if any)
 #   === wrote rc=RC remount rc=RC                   (with --write)
+#   === until LINE                                  (with --until: the matching line)
+#   === host-seconds-to-until=S.SSS                 (with --until)
 #   === host-seconds-to-marker=S.SSS                (wall clock from qemu's start)
 #   === host-seconds-total=S.SSS
-# Exit status: 0 when the marker was reached, 1 when not (the console tail goes
-# to stderr), 2 on usage errors, 3 when a prerequisite is missing.
+# Exit status: 0 when the marker (with --until: a matching line) was reached, 1 when not
+# (the console tail goes to stderr), 2 on usage errors, 3 when a prerequisite is missing.
 #
 # qemu runs under `timeout` with its own pid file; on any exit of this script
 # both are stopped by their process ids. Prerequisites: scripts/install-guest-kernel.sh.
@@ -87,6 +93,8 @@ KEEP=0
 CONSOLE=
 CHECK=0
 MAKE_ROOT=
+UNTIL=
+EXTRA_APPEND=
 
 die() {
     echo "guest-boot-test: $*" >&2
@@ -116,6 +124,8 @@ while (($#)); do
     --memory) MEMORY=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --console) CONSOLE=${2:?}; shift 2 ;;
+    --until) UNTIL=${2:?}; shift 2 ;;
+    --append) EXTRA_APPEND=${2:?}; shift 2 ;;
     --check) CHECK=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -196,6 +206,7 @@ fi
 [[ $NBD_ARGS =~ ^[A-Za-z0-9,=._+-]*$ ]] || die "bad --nbd-args $NBD_ARGS"
 [[ $TOKEN =~ ^[A-Za-z0-9._-]*$ ]] || die "bad --write $TOKEN"
 [[ $ROOTHASH =~ ^[0-9A-Za-z]*$ ]] || die "bad --verity $ROOTHASH"
+[[ $EXTRA_APPEND =~ ^[A-Za-z0-9\ ._=,:/+-]*$ ]] || die "bad --append $EXTRA_APPEND"
 [[ -z $ROOTHASH || $MODE == nbd ]] || die "--verity needs --nbd"
 [[ -z $MKMODULE || $MODE == nbd ]] || die "--mkmodule needs --nbd"
 [[ -z $MKMODULE || -x $MKMODULE ]] || die "--mkmodule $MKMODULE is not an executable"
@@ -403,6 +414,7 @@ if ((RW)); then APPEND+=" rw"; else APPEND+=" ro"; fi
 [[ -n $TOKEN ]] && APPEND+=" mkmodule.test.write=$TOKEN"
 ((REREAD)) && APPEND+=" mkmodule.test.reread"
 ((BUSY_CHECK)) && APPEND+=" mkmodule.test.busy"
+[[ -n $EXTRA_APPEND ]] && APPEND+=" $EXTRA_APPEND"
 DEVICES=()
 if [[ $MODE == virtio ]]; then
     drive="file=$TARGET,format=raw,if=virtio"
@@ -416,12 +428,19 @@ else
     DEVICES+=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
 fi
 
-# Console lines are stamped with milliseconds since qemu's start, as they arrive.
+# Console lines are stamped with milliseconds since qemu's start, as they arrive. With
+# --until, the first matching line is kept in until.hit and qemu is stopped by its pid.
 stamp() {
-    local start=$1 line now
+    local start=$1 line now qpid
     while IFS= read -r line; do
         now=${EPOCHREALTIME/./}
-        printf '%d %s\n' $(((now - start) / 1000)) "${line%$'\r'}"
+        line=${line%$'\r'}
+        printf '%d %s\n' $(((now - start) / 1000)) "$line"
+        if [[ -n $UNTIL && ! -f $WORK/until.hit && $line =~ $UNTIL ]]; then
+            printf '%d %s\n' $(((now - start) / 1000)) "$line" >"$WORK/until.hit"
+            qpid=$(cat "$WORK/qemu.pid" 2>/dev/null || true)
+            [[ -z $qpid ]] || kill -TERM "$qpid" 2>/dev/null || true
+        fi
     done
 }
 START=${EPOCHREALTIME/./}
@@ -440,6 +459,20 @@ END=${EPOCHREALTIME/./}
 [[ -z $CONSOLE ]] || cp "$WORK/console.log" "$CONSOLE"
 seconds() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 grep -a '^[0-9]* === ' "$WORK/console.log" | cut -d' ' -f2- || true
+if [[ -n $UNTIL ]]; then
+    if [[ ! -f $WORK/until.hit ]]; then
+        echo "guest-boot-test: no console line matched --until within ${TIMEOUT}s (qemu status $rc)" >&2
+        cat "$WORK/qemu.err" >&2
+        echo "--- console tail:" >&2
+        tail -n 40 "$WORK/console.log" >&2
+        exit 1
+    fi
+    hit=$(cat "$WORK/until.hit")
+    echo "=== until ${hit#* }"
+    echo "=== host-seconds-to-until=$(seconds "${hit%% *}")"
+    echo "=== host-seconds-total=$(seconds $(((END - START) / 1000)))"
+    exit 0
+fi
 marker=$(grep -a -m1 '^[0-9]* === marker ' "$WORK/console.log" | cut -d' ' -f1 || true)
 if [[ -z $marker ]]; then
     echo "guest-boot-test: the guest did not reach the marker (qemu status $rc; timeout ${TIMEOUT}s)" >&2

@@ -17,6 +17,7 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    nginx            # the web origin of the HTTP tests and of `cargo xtask storm`
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -29,5 +30,7 @@ if ((${#missing[@]})); then
 fi
 echo "install-deps: all of ${packages[*]} present"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-guest-kernel.sh"
+# qemu-nbd with qemu's curl driver, the peer of `cargo xtask storm` (unpacked, not installed).
+bash "$(dirname "${BASH_SOURCE[0]}")/install-qemu-curl.sh" >/dev/null
 bash "$(dirname "${BASH_SOURCE[0]}")/install-fuzz.sh"
 bash "$(dirname "${BASH_SOURCE[0]}")/install-cargo-deny.sh"

@@ -23,6 +23,9 @@
 //! * **remaster** a copy of `rootfs.ext4` (needs root: it is loop-mounted read-write):
 //!   `mkmodule create` against `mkmodule create --reuse OLD` (see `remaster.rs`).
 //!
+//! * **storm**: 32 NBD clients replay a recorded guest boot at once through `mkmodule serve`
+//!   of an image on a web origin, cold and warm, against qemu-nbd and nbdkit (see `storm.rs`).
+//!
 //! Scratch files (the peer images, the xz copy) live in `target/compare/` and are reused.
 
 use std::fmt::Write as _;
@@ -506,6 +509,12 @@ pub fn compare(args: &[String]) -> Result<()> {
     report.push_str(&crate::remaster::section(
         &mkmodule, &raw, &scratch, rounds,
     )?);
+    match crate::storm::section(&mkmodule, &raw, 32, false) {
+        Ok(section) => report.push_str(&section),
+        Err(e) => {
+            let _ = writeln!(report, "\n## Boot storm\n\nNot run: {e:#}");
+        }
+    }
     let _ = writeln!(
         report,
         "\nRatios are mkmodule's figure over the peer's (above 1: mkmodule is faster). \

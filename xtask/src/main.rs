@@ -9,6 +9,7 @@ mod demo;
 mod deny;
 mod fuzz;
 mod remaster;
+mod storm;
 
 use std::process::Command;
 
@@ -42,6 +43,12 @@ tasks:
           loop-mount a copy of EXT4 (default $CORPUS/rootfs.ext4; needs root), add 20 MiB,
           rewrite 100 files, delete 5; time create vs create --reuse, share of blocks copied,
           byte identity (target/remaster.md); --debug times the debug build (checks only)
+  storm [--record] [--clients N]
+          boot storm: replay a guest boot's block reads (recorded once with mkmodule serve
+          --trace while qemu boots $CORPUS/rootfs.ext4 with systemd) from N NBD clients at once
+          (default 32) through mkmodule serve URL (cold and warm cache), mkmodule serve FILE,
+          qemu-nbd (cloop over curl) and nbdkit curl + cache, nginx as the origin; origin bytes,
+          MB/s, p50/p99 latency (target/storm.md); also a section of compare
   fuzz [--time N] [TARGET...]
           run every fuzz target (or the named ones) for N seconds each (default 60) with
           cargo-fuzz on the stable toolchain; prints execs, exec/s and coverage per target and
@@ -63,6 +70,7 @@ fn main() -> Result<()> {
         "bench-serve" => bench_serve::bench_serve(std::env::args_os().nth(2).map(Into::into)),
         "compare" => compare::compare(&std::env::args().skip(2).collect::<Vec<_>>()),
         "remaster" => remaster::remaster(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "storm" => storm::storm(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz-seeds" => fuzz::seeds(),
         _ => bail!("{USAGE}"),

@@ -7,6 +7,9 @@
 //! * [`fixtures`]: the reference images in `testdata/cloop-utils` and their manifest.
 //! * [`nbd`]: a raw NBD client written from the protocol specification (not with the server's
 //!   own encoders), for tests that need control over the wire.
+//! * [`replay`]: replays a recorded block-read trace from many NBD clients at once (the boot
+//!   storm of `cargo xtask storm`) and measures throughput and latency.
+//! * [`nginx`]: nginx as a web origin on 127.0.0.1 with a parsed access log.
 //! * [`tools`]: runs peer tools (qemu-img, nbdinfo, create_compressed_fs, zstd, ...); a missing
 //!   tool fails the test with the Debian package to install, it never skips it.
 //! * [`process`]: child processes: bounded waits, stopping by pid, peak memory via `wait4`.
@@ -17,5 +20,7 @@ pub mod data;
 pub mod fixtures;
 pub mod image;
 pub mod nbd;
+pub mod nginx;
 pub mod process;
+pub mod replay;
 pub mod tools;

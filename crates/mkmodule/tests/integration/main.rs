@@ -33,6 +33,7 @@ mod serve;
 mod serve_guest;
 mod serve_hostile;
 mod serve_tls;
+mod storm;
 mod verify;
 mod verity;
 mod wrong_input;

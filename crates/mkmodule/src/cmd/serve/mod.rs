@@ -9,6 +9,7 @@
 //! (nbd-client never reconnects: for its machines, SIGHUP, not a restart, changes exports).
 
 mod exports;
+mod trace;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -143,6 +144,12 @@ pub struct Args {
     /// Log every option and request (protocol tracing).
     #[arg(short, long)]
     verbose: bool,
+
+    /// Write every read request to FILE, one line each in arrival order: microseconds since
+    /// the first read, offset, length (after a `#` header line). For recording what a client
+    /// such as a booting machine reads, to replay it later.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 
     /// On SIGTERM or SIGINT, stop reading new requests, answer those already received, then
     /// close each connection; past this many seconds close whatever is left (a second signal
@@ -315,7 +322,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut exports = Exports::new(command_line, args.exports_file.clone(), opener);
     exports.open_all()?;
 
-    let logger = stderr_logger();
+    let logger = match &args.trace {
+        Some(path) => trace::tracing_logger(path, stderr_logger(), args.verbose)?,
+        None => stderr_logger(),
+    };
     let per_client = match args.max_connections_per_client {
         0 => usize::MAX,
         n => n,
@@ -330,7 +340,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_handshake_timeout(std::time::Duration::from_secs(args.handshake_timeout))
         .with_allowed_clients(args.allow.clone())
         .with_tls(tls_mode, tls_credentials)
-        .with_trace(args.verbose)
+        .with_trace(args.verbose || args.trace.is_some())
         .with_logger(logger.clone());
     if let Some(threads) = args.threads {
         config = config.with_workers(threads.max(1));
