@@ -17,6 +17,7 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    nginx            # a real HTTP(S) origin for images given as URLs (range requests, ETag)
 )
 missing=()
 for p in "${packages[@]}"; do
