@@ -112,10 +112,8 @@ impl ReadAhead {
             if let Some(pending) = core.cache.queue(key) {
                 batch.push((key, pending));
             }
-            if batch.len() >= batch_len {
-                if pool.jobs.send(std::mem::take(&mut batch)).is_err() {
-                    return;
-                }
+            if batch.len() >= batch_len && pool.jobs.send(std::mem::take(&mut batch)).is_err() {
+                return;
             }
         }
         if !batch.is_empty() {

@@ -280,7 +280,8 @@ fn serve_over_a_url_and_an_image_replaced_at_the_origin() {
     assert_eq!(client.read(0, 4096).unwrap(), expected[..4096]);
     std::thread::sleep(Duration::from_millis(1100)); // a new Last-Modified second, another ETag
     nginx.publish(&local2, "c.cloop");
-    let far = (5 << 20) + 12345;
+    // Block 32: nbdcopy read it long ago, and the 1 MiB memory cache holds only the last blocks.
+    let far = (2 << 20) + 12345;
     match client.read_reply(far, 4096).unwrap() {
         Err(errno) => assert_eq!(errno, NBD_EIO),
         Ok(bytes) => panic!(
