@@ -17,7 +17,8 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
-    nginx            # the web origin of the HTTP tests and of `cargo xtask storm`
+    nginx            # a real HTTP(S) origin for images given as URLs (range requests, ETag)
+                     # and of `cargo xtask storm`
 )
 missing=()
 for p in "${packages[@]}"; do

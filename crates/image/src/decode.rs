@@ -71,6 +71,16 @@ impl Blocks<'_> {
     /// short block is an error. In uzip dialects a final block that fails to decode and whose
     /// bytes are all zero reads as zeros, as geom_uzip does (docs/FORMAT.md §8).
     pub(crate) fn decode(&self, block: u32, out: &mut [u8]) -> Result<(), ImageError> {
+        self.decode_fetched(block, None, out)
+    }
+
+    /// As [`Blocks::decode`], from the block's compressed bytes when already `fetched`.
+    pub(crate) fn decode_fetched(
+        &self,
+        block: u32,
+        fetched: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<(), ImageError> {
         let entry = *self
             .index
             .get(block as usize)
@@ -89,6 +99,9 @@ impl Blocks<'_> {
                 decompressor,
                 scratch,
             } = ctx;
+            if let Some(bytes) = fetched.filter(|b| b.len() == entry.len as usize) {
+                return decode_bytes(decompressor, block, &entry, bytes, out, last, zero_final_ok);
+            }
             let result =
                 self.source
                     .with_bytes(entry.offset, entry.len as usize, scratch, |bytes| {
@@ -96,6 +109,32 @@ impl Blocks<'_> {
                     });
             result.unwrap_or_else(|source| Err(self.read_error(block, &entry, source)))
         })
+    }
+
+    /// The compressed bytes of the stored blocks among `blocks` (`None` for the others), read
+    /// with one [`crate::ImageSource::read_many_at`] call, so a remote source can fetch
+    /// adjacent blocks with one request.
+    pub(crate) fn read_many(&self, blocks: &[u32]) -> io::Result<Vec<Option<Vec<u8>>>> {
+        let mut bytes: Vec<Option<Vec<u8>>> = blocks
+            .iter()
+            .map(|&b| match self.index.get(b as usize) {
+                Some(e) if e.kind == BlockKind::Stored && e.len > 0 => {
+                    Some(vec![0u8; e.len as usize])
+                }
+                _ => None,
+            })
+            .collect();
+        let mut reads: Vec<(u64, &mut [u8])> = blocks
+            .iter()
+            .zip(bytes.iter_mut())
+            .filter_map(|(&b, buf)| {
+                let entry = self.index.get(b as usize)?;
+                Some((entry.offset, buf.as_mut()?.as_mut_slice()))
+            })
+            .collect();
+        reads.sort_by_key(|(offset, _)| *offset);
+        self.source.read_many_at(&mut reads)?;
+        Ok(bytes)
     }
 
     /// The error for a failed read of a block's bytes.

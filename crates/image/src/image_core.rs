@@ -61,6 +61,15 @@ impl Core {
     /// Decodes `block` into a buffer of its own (a recycled one when the cache has one),
     /// bypassing the cache.
     pub(crate) fn decode_new(&self, block: u32) -> Result<Block, ImageError> {
+        self.decode_new_from(block, None)
+    }
+
+    /// As [`Core::decode_new`], from the block's compressed bytes when already `fetched`.
+    pub(crate) fn decode_new_from(
+        &self,
+        block: u32,
+        fetched: Option<&[u8]>,
+    ) -> Result<Block, ImageError> {
         let bs = self.block_size() as usize;
         // Decoding writes every byte of the buffer, so a recycled one needs no clearing.
         let mut out = self
@@ -68,11 +77,11 @@ impl Core {
             .take_spare(bs)
             .unwrap_or_else(|| self.new_block());
         match Arc::get_mut(&mut out) {
-            Some(buf) => self.blocks().decode(block, buf)?,
+            Some(buf) => self.blocks().decode_fetched(block, fetched, buf)?,
             None => {
                 // Cannot happen for a fresh Arc; decode through a Vec all the same.
                 let mut buf = vec![0u8; self.block_size() as usize];
-                self.blocks().decode(block, &mut buf)?;
+                self.blocks().decode_fetched(block, fetched, &mut buf)?;
                 out = Arc::from(buf);
             }
         }

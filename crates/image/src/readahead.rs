@@ -11,6 +11,10 @@
 //! Blocks are registered in the cache unclaimed before they are queued; whoever claims one first
 //! decodes it, so a reader that overtakes the pool decodes a block itself instead of waiting
 //! behind a queue, and no block is ever decoded twice at once.
+//!
+//! Blocks are queued in batches of consecutive blocks (a window shared among the threads); a
+//! worker reads the compressed bytes of the blocks it claimed in a batch with one
+//! [`crate::ImageSource::read_many_at`] call, which a remote source turns into one request.
 
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +49,8 @@ struct Streams {
     clock: u64,
 }
 
-/// A block to decode and its registration in the cache.
-type Job = (u32, Arc<Pending>);
+/// Consecutive blocks to decode, each with its registration in the cache.
+type Job = Vec<(u32, Arc<Pending>)>;
 
 /// The worker threads, started on first use.
 struct Pool {
@@ -98,16 +102,23 @@ impl ReadAhead {
         let Some(pool) = self.pool(core) else {
             return;
         };
+        let batch_len = (self.window as usize / self.threads.max(1)).max(1);
+        let mut batch: Job = Vec::new();
         for block in range {
             let key = core.cache_key(block);
             if core.zero.is_zero(block) {
                 continue;
             }
             if let Some(pending) = core.cache.queue(key) {
-                if pool.jobs.send((key, pending)).is_err() {
-                    return;
-                }
+                batch.push((key, pending));
             }
+            if batch.len() >= batch_len && pool.jobs.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            // A closed pool drops the batch; its blocks are then decoded by their readers.
+            let _ = pool.jobs.send(batch);
         }
     }
 
@@ -216,18 +227,34 @@ fn start_pool(core: &Arc<Core>, threads: usize) -> Option<Pool> {
     })
 }
 
-/// A worker: decodes queued blocks nobody has claimed yet, until the image is dropped.
+/// A worker: decodes queued blocks nobody has claimed yet, until the image is dropped. The
+/// compressed bytes of the blocks it claims in a batch are read at once, unless the source
+/// holds them in memory anyway.
 fn work(core: &Core, jobs: &Receiver<Job>, stop: &AtomicBool) {
-    for (block, pending) in jobs.iter() {
+    for batch in jobs.iter() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if !pending.claim() {
+        let claims: Vec<_> = batch
+            .into_iter()
+            .filter(|(_, pending)| pending.claim())
+            .map(|(block, pending)| (block, core.cache.claimed(block, pending, true)))
+            .collect();
+        if claims.is_empty() {
             continue;
         }
-        let claim = core.cache.claimed(block, pending, true);
-        let value = core.decode_new(block).ok();
-        claim.finish(value);
+        let blocks: Vec<u32> = claims.iter().map(|(block, _)| *block).collect();
+        // A failed read leaves each block to its own read, whose error names the block.
+        let fetched = if claims.len() > 1 && !core.source.in_memory() {
+            core.blocks().read_many(&blocks).ok()
+        } else {
+            None
+        };
+        for (k, (block, claim)) in claims.into_iter().enumerate() {
+            let bytes = fetched.as_ref().and_then(|f| f[k].as_deref());
+            let value = core.decode_new_from(block, bytes).ok();
+            claim.finish(value);
+        }
     }
 }
 

@@ -25,6 +25,17 @@ pub trait ImageSource: Send + Sync {
     /// [`io::ErrorKind::UnexpectedEof`].
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
+    /// Reads several ranges, each exactly, as [`ImageSource::read_exact_at`] would. Read-ahead
+    /// calls it with the compressed bytes of consecutive blocks, in file order, so a source for
+    /// which each read is costly (a remote one) can fetch adjacent ranges with one request.
+    /// Default: one `read_exact_at` per range.
+    fn read_many_at(&self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        for (offset, buf) in reads.iter_mut() {
+            self.read_exact_at(buf, *offset)?;
+        }
+        Ok(())
+    }
+
     /// All the bytes, when the source already holds them in memory (a map or a buffer), so
     /// blocks can be decoded without a copy. Default: none.
     fn bytes(&self) -> Option<&[u8]> {
@@ -113,6 +124,16 @@ impl Source {
     /// Reads exactly `buf.len()` bytes at `offset`; a short source gives `UnexpectedEof`.
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.0.read_exact_at(buf, offset)
+    }
+
+    /// Reads several ranges (see [`ImageSource::read_many_at`]).
+    pub(crate) fn read_many_at(&self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        self.0.read_many_at(reads)
+    }
+
+    /// Whether the source holds all its bytes in memory (reads cost no I/O).
+    pub(crate) fn in_memory(&self) -> bool {
+        self.0.bytes().is_some()
     }
 
     /// Calls `f` with the `len` bytes at `offset`: borrowed when the source holds them in

@@ -4,6 +4,7 @@ mod cmd;
 mod open;
 mod output;
 mod progress;
+mod remote;
 mod systemd;
 mod units;
 

@@ -1,6 +1,6 @@
-//! Opening what `serve`, `mount`, `attach` and `commit` are given: a cloop-family image
-//! (recognised by its contents) or a raw file, as one [`BlockDevice`], and a copy-on-write
-//! overlay over it.
+//! Opening what the commands are given: a cloop-family image (a file, or an `http://` or
+//! `https://` URL read with range requests), or a raw file, as one [`BlockDevice`], and a
+//! copy-on-write overlay over it. [`open_image`] is the one place an image is opened.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +12,10 @@ use mkmodule_codec::CodecKind;
 use mkmodule_format::{BlockKind, FormatError};
 use mkmodule_image::{Image, ImageDevice, ImageError, OpenOptions};
 use mkmodule_overlay::{Overlay, OverlayOptions};
+use mkmodule_remote::{is_url, HttpSource};
+use sha2::{Digest, Sha256};
+
+use crate::remote::RemoteArgs;
 
 /// What a path turned out to hold.
 #[derive(Clone)]
@@ -31,11 +35,69 @@ pub struct Opened {
     pub found: Found,
 }
 
-/// Opens `path` as a cloop image with `options`, or as a raw file when it carries no cloop
-/// signature. Any other failure to open an image (a damaged header, say) is an error, never a
-/// silent fallback to raw.
-pub fn open_device(path: &Path, options: &OpenOptions) -> Result<Opened> {
-    match Image::open_with(path, options) {
+/// Whether `name` is an image URL rather than a path.
+pub fn url_of(name: &Path) -> Option<&str> {
+    name.to_str().filter(|s| is_url(s))
+}
+
+/// Opens the image `name` with `options`: a local file, or an `http://` or `https://` URL
+/// read with range requests under `remote` (headers, CA certificates, timeout, disk cache).
+/// Header and index are validated alike either way.
+pub fn open_image(
+    name: &Path,
+    options: &OpenOptions,
+    remote: &RemoteArgs,
+) -> Result<Image, ImageError> {
+    let Some(url) = url_of(name) else {
+        return Image::open_with(name, options);
+    };
+    let source = HttpSource::open(url, &remote.options()).map_err(|e| ImageError::Open {
+        path: name.to_path_buf(),
+        source: e.into(),
+    })?;
+    let handle = source.handle();
+    let image = Image::open_source(Box::new(source), name, options)?;
+    let digest = image
+        .trailer()
+        .filter(|_| image.trailer_problem().is_none())
+        .map(|t| t.digest.as_slice());
+    handle.bind_cache(&cache_material(&image, digest), digest.is_none());
+    Ok(image)
+}
+
+/// What keys an image's entries in the disk cache: its header, a hash of its index and the
+/// trailer's digest of its decoded content.
+fn cache_material(image: &Image, digest: Option<&[u8]>) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(image.block_size().to_le_bytes());
+    hash.update(image.num_blocks().to_le_bytes());
+    for entry in image.index().blocks() {
+        hash.update(entry.offset.to_le_bytes());
+        hash.update(entry.len.to_le_bytes());
+        hash.update([entry.codec as u8]);
+        let kind = match entry.kind {
+            BlockKind::Stored => [0, 0, 0, 0, 0],
+            BlockKind::Zero => [1, 0, 0, 0, 0],
+            BlockKind::Shared { of } => {
+                let [a, b, c, d] = of.to_le_bytes();
+                [2, a, b, c, d]
+            }
+        };
+        hash.update(kind);
+    }
+    let mut material = hash.finalize().to_vec();
+    if let Some(digest) = digest {
+        material.extend_from_slice(b"trailer");
+        material.extend_from_slice(digest);
+    }
+    material
+}
+
+/// Opens `path` as a cloop image with `options` (a URL under `remote`), or as a raw file when
+/// it carries no cloop signature. Any other failure to open an image (a damaged header, say)
+/// is an error, never a silent fallback to raw.
+pub fn open_device(path: &Path, options: &OpenOptions, remote: &RemoteArgs) -> Result<Opened> {
+    match open_image(path, options, remote) {
         Ok(image) => {
             let image = Arc::new(image);
             Ok(Opened {
@@ -43,7 +105,7 @@ pub fn open_device(path: &Path, options: &OpenOptions) -> Result<Opened> {
                 found: Found::Image(image),
             })
         }
-        Err(ImageError::Format(FormatError::NotCloop { .. })) => {
+        Err(ImageError::Format(FormatError::NotCloop { .. })) if url_of(path).is_none() => {
             let raw = FileDevice::open(path)
                 .with_context(|| format!("opening {} as a raw image", path.display()))?;
             Ok(Opened {
@@ -109,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         std::fs::write(&path, vec![7u8; 8192]).unwrap();
-        let opened = open_device(&path, &OpenOptions::default()).unwrap();
+        let opened = open_device(&path, &OpenOptions::default(), &RemoteArgs::default()).unwrap();
         assert!(matches!(opened.found, Found::Raw));
         assert_eq!(opened.device.size(), 8192);
     }
@@ -118,7 +180,7 @@ mod tests {
     fn a_missing_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.img");
-        let Err(error) = open_device(&path, &OpenOptions::default()) else {
+        let Err(error) = open_device(&path, &OpenOptions::default(), &RemoteArgs::default()) else {
             panic!("a missing file opened");
         };
         assert!(format!("{error:#}").contains("missing.img"), "{error:#}");
@@ -129,7 +191,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         std::fs::write(&path, vec![1u8; 1 << 16]).unwrap();
-        let base = open_device(&path, &OpenOptions::default()).unwrap().device;
+        let base = open_device(&path, &OpenOptions::default(), &RemoteArgs::default())
+            .unwrap()
+            .device;
         let options = OverlayOptions::default();
         let memory = open_overlay(Arc::clone(&base), OverlayStore::Memory, &options).unwrap();
         assert!(memory.path().is_none());

@@ -212,7 +212,7 @@ pub fn run(args: Args) -> Result<()> {
     if destination == Destination::Directory {
         bail!("{} is a directory", args.output.display());
     }
-    let base = open_device(&args.image, &OpenOptions::default())?;
+    let base = open_device(&args.image, &OpenOptions::default(), &Default::default())?;
     let size = base.device.size();
     let plan = plan(&args, base_style(&base.found).as_ref(), size)?;
     let old = match &base.found {

@@ -30,7 +30,11 @@ use crate::progress::{Progress, ProgressArg, Unit};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image to decompress.
+    ///
+    /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
     /// Where to write the raw contents: a file, a device, or `-` for standard output.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -136,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         ..OpenOptions::default()
     };
-    let image = Image::open_with(&args.image, &options)
+    let image = crate::open::open_image(&args.image, &options, &args.remote)
         .with_context(|| format!("opening {}", args.image.display()))?;
     if let (false, Some(problem)) = (args.padded, image.trailer_problem()) {
         eprintln!(

@@ -18,12 +18,17 @@ pub struct ServerArgs {
     /// Byte limit of each image's cache of decoded blocks, e.g. 64M.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub cache_size: u64,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 impl ServerArgs {
     /// The arguments that pass these options on to the daemon.
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        vec!["--cache-size".into(), self.cache_size.to_string().into()]
+        let mut args = vec!["--cache-size".into(), self.cache_size.to_string().into()];
+        args.extend(self.remote.to_args());
+        args
     }
 }
 
@@ -62,7 +67,7 @@ pub fn export_files(
         ..OpenOptions::default()
     };
     for (image, name) in images.iter().zip(names) {
-        let mut export = open_device(image, &options)?.device;
+        let mut export = open_device(image, &options, &server.remote)?.device;
         if let Some(cow) = cow {
             let options = OverlayOptions::default().with_label(image.display().to_string());
             export = open_overlay(export, OverlayStore::File(cow), &options)?;

@@ -15,7 +15,11 @@ use crate::units::human_bytes;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image to describe.
+    ///
+    /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -99,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         readahead: 0,
         ..OpenOptions::default()
     };
-    let image = Image::open_with(&args.image, &options)
+    let image = crate::open::open_image(&args.image, &options, &args.remote)
         .with_context(|| format!("{} is not a readable image", args.image.display()))?;
     let info = collect(&image, args.blocks);
     let mut out = std::io::stdout().lock();

@@ -62,8 +62,11 @@ pub struct Args {
     server: ServerArgs,
 }
 
-/// The absolute, resolved path of an image, or a clear error.
+/// The absolute, resolved path of an image (an image URL as it is), or a clear error.
 pub fn image_path(path: &Path) -> Result<PathBuf> {
+    if crate::open::url_of(path).is_some() {
+        return Ok(path.to_path_buf());
+    }
     let resolved = path
         .canonicalize()
         .with_context(|| format!("image {}", path.display()))?;

@@ -28,7 +28,11 @@ use crate::units::{human_bytes, parse_size};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image to check.
+    ///
+    /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -137,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
         readahead: 0,
         ..OpenOptions::default()
     };
-    match Image::open_with(&args.image, &options) {
+    match crate::open::open_image(&args.image, &options, &args.remote) {
         Ok(image) => {
             check_work(
                 &image,

@@ -28,6 +28,7 @@ mod info;
 mod interrupt;
 mod mount;
 mod progress;
+mod remote;
 mod reuse;
 mod serve;
 mod serve_guest;

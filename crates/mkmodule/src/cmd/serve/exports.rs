@@ -14,7 +14,8 @@ use mkmodule_nbd::{DefaultExport, ExportEntry, ReloadHandle};
 use mkmodule_overlay::{Overlay, OverlayOptions};
 
 use crate::cmd::describe;
-use crate::open::{open_device, open_overlay, Found, OverlayStore};
+use crate::open::{open_device, open_overlay, url_of, Found, OverlayStore};
+use crate::remote::RemoteArgs;
 use crate::units::human_bytes;
 
 /// One export as given on the command line or in the exports file.
@@ -39,6 +40,16 @@ pub(super) fn parse_export(text: &str, fallback_name: Option<&str>) -> Result<Ex
     let path = PathBuf::from(text);
     let name = match fallback_name {
         Some(name) => name.to_string(),
+        // An image URL: named after the last part of its path, whatever its query says.
+        None if url_of(&path).is_some() => {
+            let no_query = text.split(['?', '#']).next().unwrap_or(text);
+            Path::new(no_query)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|s| !s.is_empty())
+                .with_context(|| format!("cannot name an export after {text:?}: use NAME={text}"))?
+                .to_string()
+        }
         None => path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -50,12 +61,16 @@ pub(super) fn parse_export(text: &str, fallback_name: Option<&str>) -> Result<Ex
 
 /// Opens `path` as a cloop image, or as a raw file when it carries no cloop signature; with
 /// a description for the log.
-fn open_export(path: &Path, cache_bytes: u64) -> Result<(Arc<dyn BlockDevice>, String)> {
+fn open_export(
+    path: &Path,
+    cache_bytes: u64,
+    remote: &RemoteArgs,
+) -> Result<(Arc<dyn BlockDevice>, String)> {
     let options = OpenOptions {
         cache_bytes,
         ..OpenOptions::default()
     };
-    let opened = open_device(path, &options)?;
+    let opened = open_device(path, &options, remote)?;
     let what = match &opened.found {
         Found::Image(image) => format!(
             "{} image, {} blocks of {}, {}",
@@ -122,7 +137,7 @@ pub(super) fn read_exports_file(file: &Path) -> Result<Vec<ExportSpec>> {
         };
         let mut spec = parse_export(&line, None)
             .with_context(|| format!("{} line {}", file.display(), number + 1))?;
-        if spec.path.is_relative() {
+        if spec.path.is_relative() && url_of(&spec.path).is_none() {
             spec.path = base.join(&spec.path);
         }
         specs.push(spec);
@@ -191,6 +206,8 @@ pub(super) struct Opener {
     description: Option<String>,
     /// Overlays kept in files, flushed at exit.
     file_overlays: Mutex<Vec<Arc<Overlay>>>,
+    /// How image URLs are read.
+    remote: RemoteArgs,
 }
 
 impl Opener {
@@ -202,6 +219,7 @@ impl Opener {
         cow: Option<Option<PathBuf>>,
         chunk_size: u32,
         description: Option<String>,
+        remote: RemoteArgs,
     ) -> Opener {
         Opener {
             cache_size,
@@ -209,12 +227,13 @@ impl Opener {
             chunk_size,
             description,
             file_overlays: Mutex::new(Vec::new()),
+            remote,
         }
     }
 
     fn open(&self, spec: &ExportSpec) -> Result<Live> {
         let id = file_id(&spec.path);
-        let (mut export, mut what) = open_export(&spec.path, self.cache_size)?;
+        let (mut export, mut what) = open_export(&spec.path, self.cache_size, &self.remote)?;
         if let Some(cow_file) = &self.cow {
             let (overlay, how) =
                 add_overlay(export, &spec.path, cow_file.as_deref(), self.chunk_size)?;
@@ -331,7 +350,11 @@ impl Exports {
         for spec in &specs {
             let old = self.live.iter().find(|l| l.spec.name == spec.name);
             if let Some(old) = old {
-                let same = old.spec.path == spec.path && old.id == file_id(&spec.path);
+                // An image URL is opened again: the origin may hold another image now, which
+                // new connections get (open ones keep theirs).
+                let same = old.spec.path == spec.path
+                    && url_of(&spec.path).is_none()
+                    && old.id == file_id(&spec.path);
                 if same {
                     next.push(old.clone());
                     continue;
@@ -487,7 +510,7 @@ mod tests {
         Exports {
             command_line: Vec::new(),
             file: Some(file.to_path_buf()),
-            opener: Opener::new(1 << 20, None, 64 << 10, None),
+            opener: Opener::new(1 << 20, None, 64 << 10, None, RemoteArgs::default()),
             live: Vec::new(),
         }
     }

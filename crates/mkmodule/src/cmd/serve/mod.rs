@@ -59,11 +59,15 @@ Under systemd: socket activation (LISTEN_FDS: the inherited sockets replace --bi
 --socket) and Type=notify readiness (READY=1, RELOADING=1, STOPPING=1 to NOTIFY_SOCKET) are
 supported; see dist/systemd/.")]
 pub struct Args {
-    /// Images to serve: IMAGE (export named after the file stem) or NAME=IMAGE. A file that is
-    /// not a cloop-family image is served as a raw disk image. The first is also the default
+    /// Images to serve: IMAGE (export named after the file stem) or NAME=IMAGE; an IMAGE may be
+    /// an http:// or https:// URL. A file that is not a cloop-family image is served as a raw
+    /// disk image. The first is also the default
     /// export "".
     #[arg(value_name = "[NAME=]IMAGE")]
     exports: Vec<String>,
+
+    #[command(flatten)]
+    remote: crate::remote::RemoteArgs,
 
     /// Also serve the exports listed in FILE, one NAME=IMAGE (or IMAGE) per line; empty lines
     /// and lines starting with # are ignored, relative paths are relative to FILE's directory.
@@ -318,6 +322,7 @@ pub fn run(args: Args) -> Result<()> {
         args.cow.clone(),
         chunk_size,
         args.description.clone(),
+        args.remote.clone(),
     );
     let mut exports = Exports::new(command_line, args.exports_file.clone(), opener);
     exports.open_all()?;

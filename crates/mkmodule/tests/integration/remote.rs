@@ -1,0 +1,310 @@
+//! Images given as `http://` and `https://` URLs, served by a real nginx from Debian started
+//! here on 127.0.0.1 (its own prefix, config and free ports; stopped by its pid): `info`,
+//! `verify`, `extract` and `serve` over a URL give what they give for the local file; the disk
+//! cache survives a restart (counted in nginx's access log) and refetches a damaged entry; an
+//! image replaced at the origin is never mixed with the one that was opened.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common_tools::{
+    mkmodule, require_tool, run_ok, tls_credentials, NbdClient, ServedTcp, NBD_EIO,
+};
+use mkmodule_testkit::process::{free_port, kill_child, wait_until};
+
+/// An nginx serving `www` over http and https (the test CA's server certificate).
+struct Nginx {
+    child: Child,
+    prefix: PathBuf,
+    http: u16,
+    https: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path, pki: &Path) -> Nginx {
+        require_tool("nginx");
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("www")).unwrap();
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let (http, https) = (free_port(), free_port());
+        let p = prefix.display();
+        let pki = pki.display();
+        // One process, no user switch (the test's temporary files are private), no daemon.
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+             error_log {p}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n\
+             log_format ranges '$request_method $uri \"$http_range\" $status $body_bytes_sent \
+             \"$http_x_token\"';\n\
+             access_log {p}/access.log ranges;\n\
+             client_body_temp_path {p}/tmp; proxy_temp_path {p}/tmp; fastcgi_temp_path {p}/tmp;\n\
+             uwsgi_temp_path {p}/tmp; scgi_temp_path {p}/tmp;\n\
+             server {{ listen 127.0.0.1:{http}; root {p}/www; }}\n\
+             server {{ listen 127.0.0.1:{https} ssl; root {p}/www;\n\
+             ssl_certificate {pki}/server-cert.pem; ssl_certificate_key {pki}/server-key.pem; }}\n\
+             }}\n"
+        );
+        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &p.to_string(), "-c", "nginx.conf", "-e", "stderr"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(prefix.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("starting nginx");
+        let nginx = Nginx {
+            child,
+            prefix,
+            http,
+            https,
+        };
+        let up = wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", https)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+        });
+        assert!(
+            up,
+            "nginx did not start: {}",
+            std::fs::read_to_string(nginx.prefix.join("stderr.log")).unwrap_or_default()
+        );
+        nginx
+    }
+
+    /// Puts `file` at `/name` (replacing what was there).
+    fn publish(&self, file: &Path, name: &str) {
+        let target = self.prefix.join("www").join(name);
+        let temp = target.with_extension("new");
+        std::fs::copy(file, &temp).unwrap();
+        std::fs::rename(&temp, &target).unwrap();
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.http)
+    }
+
+    fn https_url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.https)
+    }
+
+    /// The access log's lines so far: method, path, Range, status, body bytes, X-Token.
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.prefix.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// Body bytes the origin sent in `lines`.
+fn body_bytes(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| l.split(' ').nth(4)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Runs mkmodule, which must succeed; returns its standard output.
+fn ok(args: &[&str]) -> String {
+    let out = mkmodule(args);
+    assert!(
+        out.status.success(),
+        "mkmodule {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 6 MiB input of mixed text and random data, and its image in 64 KiB zstd blocks.
+fn image(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
+    let mut data = mkmodule_testkit::data::text_lines(4 << 20, seed);
+    data.extend(mkmodule_testkit::data::random(1 << 20, seed));
+    data.extend(vec![0u8; 1 << 20]);
+    let input = dir.join(format!("input-{seed}.raw"));
+    std::fs::write(&input, &data).unwrap();
+    let out = dir.join(format!("image-{seed}.cloop"));
+    ok(&["create", &s(&input), "-o", &s(&out), "-c", "zstd", "-q"]);
+    (input, out)
+}
+
+/// `info --json` without the path, which names the file or the URL.
+fn info_without_path(json: &str) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_str(json).unwrap();
+    value.as_object_mut().unwrap().remove("path");
+    value
+}
+
+#[test]
+fn info_verify_and_extract_over_http_and_https_equal_the_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (input, local) = image(dir.path(), 1);
+    nginx.publish(&local, "a.cloop");
+    let url = nginx.url("a.cloop");
+    let ca = s(&pki.join("ca-cert.pem"));
+
+    let local_info = ok(&["info", "--json", &s(&local)]);
+    let remote_info = ok(&["info", "--json", &url]);
+    assert_eq!(
+        info_without_path(&local_info),
+        info_without_path(&remote_info)
+    );
+    ok(&["verify", &url, "--http-header", "X-Token: secret-1"]);
+    assert!(
+        nginx.log().iter().any(|l| l.ends_with("\"secret-1\"")),
+        "{:?}",
+        nginx.log()
+    );
+    let out = dir.path().join("out.raw");
+    ok(&[
+        "extract",
+        &nginx.https_url("a.cloop"),
+        "-o",
+        &s(&out),
+        "--ca-cert",
+        &ca,
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
+
+    // Without the test CA the https origin is refused, naming the URL.
+    let refused = mkmodule(&["info", &nginx.https_url("a.cloop")]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains(&nginx.https_url("a.cloop")), "{text}");
+    // A missing image: 404, named.
+    let missing = mkmodule(&["info", &nginx.url("missing.cloop")]);
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && text.contains("HTTP status 404"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_disk_cache_survives_a_restart_and_refetches_a_damaged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (input, local) = image(dir.path(), 2);
+    nginx.publish(&local, "b.cloop");
+    let url = nginx.url("b.cloop");
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out.raw");
+    let extract = || {
+        ok(&[
+            "extract",
+            &url,
+            "-o",
+            &s(&out),
+            "-f",
+            "--cache-dir",
+            &s(&cache),
+        ]);
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
+    };
+
+    extract();
+    let cold = nginx.log();
+    let image_len = std::fs::metadata(&local).unwrap().len();
+    // Cold: every compressed byte once, give or take the header and index read at open.
+    assert!(
+        body_bytes(&cold) <= image_len + (64 << 10),
+        "{} bytes fetched for a {image_len}-byte image",
+        body_bytes(&cold)
+    );
+
+    extract();
+    let warm: Vec<String> = nginx.log()[cold.len()..].to_vec();
+    // Warm: the one-byte probe that pins the image's identity, nothing else.
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    assert!(warm[0].contains("\"bytes=0-0\" 206 1"), "{warm:?}");
+
+    // Damage one entry: it is dropped and fetched again, and the output is still right.
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("origins"))
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .collect();
+    let victim = entries
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+    let before = nginx.log().len();
+    extract();
+    let again: Vec<String> = nginx.log()[before..].to_vec();
+    assert_eq!(again.len(), 2, "{again:?}");
+}
+
+#[test]
+fn serve_over_a_url_and_an_image_replaced_at_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (input, local) = image(dir.path(), 3);
+    let (input2, local2) = image(dir.path(), 4);
+    nginx.publish(&local, "c.cloop");
+    let url = nginx.url("c.cloop");
+    let served = ServedTcp::start(
+        dir.path(),
+        "serve",
+        &[&format!("c={url}"), "--cache-size", "1M"],
+    );
+
+    // nbdcopy (four connections) reads what extract writes.
+    let copy = dir.path().join("copy.raw");
+    run_ok("nbdcopy", &[&served.uri("c"), &s(&copy)]);
+    let expected = std::fs::read(&input).unwrap();
+    assert_eq!(
+        std::fs::read(&copy).unwrap()[..expected.len()],
+        expected[..]
+    );
+
+    // A connection opened before the image is replaced keeps the old identity: what is not
+    // cached fails with EIO (never bytes of the new image).
+    let mut client = NbdClient::connect(served.socket_addr(), "c").unwrap();
+    assert_eq!(client.read(0, 4096).unwrap(), expected[..4096]);
+    std::thread::sleep(Duration::from_millis(1100)); // a new Last-Modified second, another ETag
+    nginx.publish(&local2, "c.cloop");
+    // Block 32: nbdcopy read it long ago, and the 1 MiB memory cache holds only the last blocks.
+    let far = (2 << 20) + 12345;
+    match client.read_reply(far, 4096).unwrap() {
+        Err(errno) => assert_eq!(errno, NBD_EIO),
+        Ok(bytes) => panic!(
+            "read {} bytes of the {} image after it was replaced",
+            bytes.len(),
+            if bytes[..] == expected[far as usize..far as usize + 4096] {
+                "old"
+            } else {
+                "new"
+            }
+        ),
+    }
+    let log = served.wait_log("changed at the origin");
+    assert!(log.contains(&url), "{log}");
+
+    // SIGHUP: new connections get the new image.
+    run_ok("kill", &["-HUP", &served.pid().to_string()]);
+    served.wait_log("reopened");
+    let expected2 = std::fs::read(&input2).unwrap();
+    let mut fresh = NbdClient::connect(served.socket_addr(), "c").unwrap();
+    assert_eq!(
+        fresh.read(far, 4096).unwrap(),
+        expected2[far as usize..far as usize + 4096]
+    );
+    served.terminate();
+}

@@ -1,0 +1,95 @@
+//! The errors of the remote source: each names the URL, the byte range and the cause.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an image could not be opened at, or a range fetched from, its origin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The client could not be set up (a CA certificate file, a header, TLS).
+    #[error("{0}")]
+    Setup(String),
+    /// A CA certificate file could not be read.
+    #[error("reading the CA certificate file {}", path.display())]
+    CaCert {
+        /// The file given.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A range could not be fetched, after the retries.
+    #[error("{url}: bytes {start}-{end}: {cause} (after {attempts} attempts)")]
+    Fetch {
+        /// The image's URL.
+        url: String,
+        /// First byte asked for.
+        start: u64,
+        /// Last byte asked for (inclusive, as in a Range header).
+        end: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's failure.
+        cause: Cause,
+    },
+    /// The image at the origin is no longer the one that was opened.
+    #[error("{url}: the image changed at the origin ({what}); reopen it to read the new one")]
+    Changed {
+        /// The image's URL.
+        url: String,
+        /// What showed it.
+        what: String,
+    },
+}
+
+/// Why one attempt at a range failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Cause {
+    /// No connection, a reset, a TLS failure or a timeout.
+    #[error("{0}")]
+    Transport(String),
+    /// An HTTP status other than 206 Partial Content.
+    #[error("HTTP status {status}")]
+    Status {
+        /// The status code.
+        status: u16,
+    },
+    /// The origin answered 200 with the whole file: it does not serve ranges.
+    #[error("the origin ignores Range requests (HTTP 200)")]
+    NoRanges,
+    /// Content-Range missing or not the range asked for.
+    #[error("Content-Range {got:?} does not match the request")]
+    ContentRange {
+        /// The header as received (empty when missing).
+        got: String,
+    },
+    /// The body was shorter or longer than the range.
+    #[error("body of {got} bytes where {want} were asked for")]
+    BodyLength {
+        /// Bytes received (counted up to one past the range).
+        got: u64,
+        /// Bytes asked for.
+        want: u64,
+    },
+    /// The whole request, retries included, took longer than the timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl Cause {
+    /// Whether another attempt may help (a 4xx other than 408 and 429 will not).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Cause::Status { status } => *status >= 500 || matches!(status, 408 | 416 | 429),
+            Cause::NoRanges | Cause::Timeout(_) => false,
+            Cause::Transport(_) | Cause::ContentRange { .. } | Cause::BodyLength { .. } => true,
+        }
+    }
+}
+
+impl From<RemoteError> for io::Error {
+    /// An I/O error carrying the remote error (the NBD server turns it into EIO).
+    fn from(error: RemoteError) -> io::Error {
+        io::Error::other(error)
+    }
+}
