@@ -15,7 +15,8 @@
 //!    `mkmodule serve URL --cache-dir DIR` cold (empty DIR) and warm (restarted on the same
 //!    DIR); `mkmodule serve FILE` (the local reference); qemu-nbd with qemu's cloop driver over
 //!    its curl driver (`scripts/install-qemu-curl.sh`); nbdkit's curl plugin with its cache
-//!    filter over the raw image, cold (new process) and warm (second storm, same process).
+//!    filter over the raw image (`cache-on-read=true`: by default it caches only writes), cold
+//!    (new process) and warm (second storm, same process).
 //!
 //! Reported (stdout and `target/storm.md`): origin bytes over the compressed bytes of the
 //! trace's distinct blocks, aggregate MB/s of data the clients received, p50/p99 latency per
@@ -195,6 +196,7 @@ pub fn section(mkmodule: &Path, raw: &Path, clients: usize, record: bool) -> Res
             "--filter=cache",
             "curl",
             &nginx.url("rootfs.raw"),
+            "cache-on-read=true",
         ]
         .map(String::from)
         .to_vec();
