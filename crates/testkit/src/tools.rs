@@ -30,6 +30,7 @@ pub fn debian_package(tool: &str) -> &'static str {
         "kill" => "procps",
         "veritysetup" => "cryptsetup-bin",
         "man" => "man-db",
+        "debootstrap" => "debootstrap",
         _ => "the package that provides it",
     }
 }
