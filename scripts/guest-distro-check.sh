@@ -6,7 +6,7 @@
 #   === pid1 NAME                        /proc/1/comm (systemd)
 #   === root SOURCE OPTIONS              how / is mounted
 #   === resident PID ARGV                every process whose argv[0] starts with '@'
-#   === system STATE                     systemctl is-system-running
+#   === system STATE                     systemctl is-system-running (starting: this unit runs)
 #   === failed UNIT                      each failed unit
 # With mkmodule.test.units on the kernel command line (needs a writable root), the server's
 # units under this systemd, each as "=== units STEP RESULT":
@@ -22,16 +22,11 @@ say() { echo "=== $*"; }
 say "pid1 $(cat /proc/1/comm)"
 set -- $(grep ' / ' /proc/mounts | tail -n 1)
 say "root $1 $4"
-for p in /proc/[0-9]*; do
-    argv=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
-    case $argv in @*) say "resident ${p#/proc/} $argv" ;; esac
+for f in $(grep -l -a '^@' /proc/[0-9]*/cmdline 2>/dev/null); do
+    p=${f%/cmdline}
+    say "resident ${p#/proc/} $(tr '\0' ' ' <"$f")"
 done
-# Wait for the boot jobs to settle so the state is final (running or degraded).
-i=0
-while [ "$(systemctl is-system-running 2>/dev/null)" = starting ] && [ $i -lt 60 ]; do
-    sleep 1
-    i=$((i + 1))
-done
+# This unit is part of the boot transaction, so the state is "starting" until it ends.
 say "system $(systemctl is-system-running 2>/dev/null)"
 systemctl list-units --failed --plain --no-legend 2>/dev/null | while read -r unit _; do
     say "failed $unit"

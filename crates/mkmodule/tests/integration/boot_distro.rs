@@ -90,7 +90,7 @@ fn boot(initrd: &str, port: u16, extra: &[&str]) -> Boot {
         .arg(dir)
         .args(["--initrd", initrd, "--port", &port.to_string()])
         .args(extra);
-    let out = run_ok(&mut cmd, Duration::from_secs(420));
+    let out = run_ok(&mut cmd, Duration::from_secs(700));
     let lines: Vec<String> = out
         .lines()
         .filter_map(|l| l.strip_prefix("=== "))
