@@ -17,6 +17,7 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    debootstrap      # the Debian guest tree of the distribution boot tests (make-guest-root.sh)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -78,7 +78,11 @@ impl Boot {
     }
 
     fn expect(&self, line: &str) {
-        assert!(self.has(line), "no {line:?} in the boot output:\n{}", self.out);
+        assert!(
+            self.has(line),
+            "no {line:?} in the boot output:\n{}",
+            self.out
+        );
     }
 }
 
