@@ -17,6 +17,10 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    dpkg-dev         # dpkg-shlibdeps: the Depends of the Debian package (cargo xtask deb)
+    binutils         # strip: the packaged binary is stripped
+    lintian          # Debian's package checker, run on the .deb by the package test
+    debootstrap      # the fresh Debian 12 root the package test installs the .deb into
 )
 missing=()
 for p in "${packages[@]}"; do
