@@ -17,7 +17,10 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
-    debootstrap      # the Debian guest tree of the distribution boot tests (make-guest-root.sh)
+    dpkg-dev         # dpkg-shlibdeps: the Depends of the Debian package (cargo xtask deb)
+    binutils         # strip: the packaged binary is stripped
+    lintian          # Debian's package checker, run on the .deb by the package test
+    debootstrap      # the Debian 12 roots of the package test and the distribution boot tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -30,7 +30,12 @@ pub fn debian_package(tool: &str) -> &'static str {
         "kill" => "procps",
         "veritysetup" => "cryptsetup-bin",
         "man" => "man-db",
+        "dpkg-deb" => "dpkg",
+        "dpkg-shlibdeps" => "dpkg-dev",
+        "strip" => "binutils",
+        "lintian" => "lintian",
         "debootstrap" => "debootstrap",
+        "chroot" => "coreutils",
         _ => "the package that provides it",
     }
 }

@@ -21,6 +21,7 @@ mod cow;
 mod create_errors;
 mod create_interop;
 mod create_roundtrip;
+mod deb;
 mod docs;
 mod extract;
 mod faults;
