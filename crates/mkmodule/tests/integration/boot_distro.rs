@@ -1,8 +1,8 @@
 //! The boot path with a distribution's real tools: a Debian bookworm tree
 //! (`scripts/make-guest-root.sh`, built once per machine and cached) gets mkmodule's package
-//! files, the REAL `update-initramfs` and the REAL `dracut --add mkmodule-nbd` build an
-//! initramfs each for the tree's own kernel, and the tree, as ext4 compressed by
-//! `mkmodule create`, is served from the host by `mkmodule serve`
+//! (`cargo xtask deb`, installed with `dpkg -i`), the REAL `update-initramfs` and the REAL
+//! `dracut --add mkmodule-nbd` build an initramfs each for the tree's own kernel, and the
+//! tree, as ext4 compressed by `mkmodule create`, is served from the host by `mkmodule serve`
 //! (`scripts/guest-distro-images.sh`). Each initramfs then boots the kernel under qemu (TCG)
 //! with `root=/dev/nbd0 mkmodule.server=10.0.2.2:PORT ip=dhcp`: systemd runs as PID 1 from the
 //! NBD root, `@mkmodule-connect` (the initramfs's resident client) is still running under it,
@@ -44,11 +44,21 @@ fn images() -> &'static Images {
     IMAGES.get_or_init(|| {
         require("debootstrap");
         require("mkfs.ext4");
+        require("dpkg-deb");
         let keep = tempfile::tempdir().unwrap();
         let dir = keep.path().to_path_buf();
+        // The tree gets mkmodule as an admin would install it: the package, with dpkg.
+        let deb = xtask::deb::build(&xtask::deb::Options {
+            root: repo(),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_mkmodule")),
+            out_dir: dir.join("deb"),
+        })
+        .expect("cargo xtask deb");
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/guest-distro-images.sh"))
-            .args(["--mkmodule", env!("CARGO_BIN_EXE_mkmodule"), "--out"])
+            .args(["--mkmodule", env!("CARGO_BIN_EXE_mkmodule"), "--deb"])
+            .arg(&deb)
+            .arg("--out")
             .arg(&dir);
         // The first build of the tree downloads and installs a Debian system.
         let out = run_ok(&mut cmd, Duration::from_secs(2400));
