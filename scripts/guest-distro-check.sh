@@ -19,6 +19,9 @@
 set -u
 say() { echo "=== $*"; }
 
+# Start on a line of our own, whatever the console printed last.
+echo
+
 say "pid1 $(cat /proc/1/comm)"
 set -- $(grep ' / ' /proc/mounts | tail -n 1)
 say "root $1 $4"

@@ -153,6 +153,8 @@ Wants=mkmodule-boot-test.service
 AllowIsolate=yes
 EOF
 ln -sf mkmodule-boot-test.target "$TREE/etc/systemd/system/default.target"
+# No login prompt on the console: its "login: " (no newline) would run into the test's lines.
+ln -sf /dev/null "$TREE/etc/systemd/system/serial-getty@ttyS0.service"
 # No line for /: the root stays as the initramfs mounted it (ro or rw, from the command line).
 echo 'tmpfs /tmp tmpfs defaults 0 0' >"$TREE/etc/fstab"
 for m in dev/pts dev proc sys; do umount "$TREE/$m"; done
