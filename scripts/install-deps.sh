@@ -19,6 +19,10 @@ packages=(
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
     nginx            # a real HTTP(S) origin for images given as URLs (range requests, ETag)
                      # and of `cargo xtask storm`
+    dpkg-dev         # dpkg-shlibdeps: the Depends of the Debian package (cargo xtask deb)
+    binutils         # strip: the packaged binary is stripped
+    lintian          # Debian's package checker, run on the .deb by the package test
+    debootstrap      # the Debian 12 roots of the package test and the distribution boot tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -23,6 +23,11 @@ tasks:
           with -D warnings, the whole test suite, then every fuzz target for 30 s (needs
           cargo-fuzz: scripts/install-fuzz.sh)
   deny    the cargo deny checks of ci alone
+  deb [--profile release|dev] [--binary PATH] [-o DIR]
+          the Debian package target/debian/mkmodule_VERSION_ARCH.deb, built with dpkg-deb
+          from the binary of PROFILE (release; built first) or PATH: binary, man pages,
+          completions, systemd units, /etc/mkmodule/exports, initramfs-tools and dracut
+          integration (needs dpkg-dev, binutils)
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
           with qemu-img and extract_compressed_fs
   bench-create [--runs N] [CORPUS_FILE...]
@@ -64,6 +69,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "deny" => deny::deny(),
+        "deb" => xtask::deb::cli(&std::env::args().skip(2).collect::<Vec<_>>()),
         "demo" => demo::demo(),
         "bench-create" => bench_create::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench-read" => bench_read::bench_read(std::env::args_os().nth(2).map(Into::into)),

@@ -31,6 +31,12 @@ pub fn debian_package(tool: &str) -> &'static str {
         "veritysetup" => "cryptsetup-bin",
         "man" => "man-db",
         "nginx" => "nginx",
+        "dpkg-deb" => "dpkg",
+        "dpkg-shlibdeps" => "dpkg-dev",
+        "strip" => "binutils",
+        "lintian" => "lintian",
+        "debootstrap" => "debootstrap",
+        "chroot" => "coreutils",
         _ => "the package that provides it",
     }
 }

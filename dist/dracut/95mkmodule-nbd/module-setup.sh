@@ -1,7 +1,8 @@
 #!/bin/bash
 # dracut module: the root filesystem is an export of `mkmodule serve`, read by
-# the kernel's NBD client. Install this directory as
-# /usr/lib/dracut/modules.d/95mkmodule-nbd/ and /usr/lib/mkmodule/mkmodule-nbdroot,
+# the kernel's NBD client. The Debian package installs this directory as
+# /usr/lib/dracut/modules.d/95mkmodule-nbd/ and /usr/lib/mkmodule/mkmodule-nbdroot;
+# by hand, copy both there,
 # then: dracut --add "mkmodule-nbd" -f
 # Kernel command line: root=/dev/nbd0 ip=dhcp rd.neednet=1
 #   mkmodule.server=HOST[:PORT] mkmodule.export=NAME

@@ -10,6 +10,7 @@
 mod bench;
 mod boot;
 mod boot_connect;
+mod boot_distro;
 mod boot_verity;
 mod cli_words;
 mod common_create;
@@ -20,6 +21,7 @@ mod cow;
 mod create_errors;
 mod create_interop;
 mod create_roundtrip;
+mod deb;
 mod docs;
 mod extract;
 mod faults;

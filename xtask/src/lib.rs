@@ -1,0 +1,3 @@
+//! The parts of `cargo xtask` that tests use too.
+
+pub mod deb;
