@@ -17,6 +17,7 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    xorriso          # xorriso -as mkisofs: the ISO 9660 study of `cargo xtask remaster`
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,7 +21,8 @@
 //!   nbd engine, 4 KiB random reads at queue depth 32 (IOPS).
 //!
 //! * **remaster** a copy of `rootfs.ext4` (needs root: it is loop-mounted read-write):
-//!   `mkmodule create` against `mkmodule create --reuse OLD` (see `remaster.rs`).
+//!   `mkmodule create` against `mkmodule create --reuse OLD`, `mkmodule fetch --seed`, and the
+//!   ISO 9660 study (see `remaster.rs`).
 //!
 //! Scratch files (the peer images, the xz copy) live in `target/compare/` and are reused.
 
@@ -505,6 +506,11 @@ pub fn compare(args: &[String]) -> Result<()> {
     }
     report.push_str(&crate::remaster::section(
         &mkmodule, &raw, &scratch, rounds,
+    )?);
+    report.push_str(&crate::remaster::iso_section(
+        &mkmodule,
+        &corpus.join("rootfs"),
+        &scratch,
     )?);
     let _ = writeln!(
         report,
