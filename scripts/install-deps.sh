@@ -23,6 +23,7 @@ packages=(
     binutils         # strip: the packaged binary is stripped
     lintian          # Debian's package checker, run on the .deb by the package test
     debootstrap      # the Debian 12 roots of the package test and the distribution boot tests
+    xorriso          # xorriso -as mkisofs: the ISO 9660 study of `cargo xtask remaster`
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,7 +21,8 @@
 //!   nbd engine, 4 KiB random reads at queue depth 32 (IOPS).
 //!
 //! * **remaster** a copy of `rootfs.ext4` (needs root: it is loop-mounted read-write):
-//!   `mkmodule create` against `mkmodule create --reuse OLD` (see `remaster.rs`).
+//!   `mkmodule create` against `mkmodule create --reuse OLD`, `mkmodule fetch --seed`, and the
+//!   ISO 9660 study (see `remaster.rs`).
 //!
 //! * **storm**: 32 NBD clients replay a recorded guest boot at once through `mkmodule serve`
 //!   of an image on a web origin, cold and warm, against qemu-nbd and nbdkit (see `storm.rs`).
@@ -508,6 +509,11 @@ pub fn compare(args: &[String]) -> Result<()> {
     }
     report.push_str(&crate::remaster::section(
         &mkmodule, &raw, &scratch, rounds,
+    )?);
+    report.push_str(&crate::remaster::iso_section(
+        &mkmodule,
+        &corpus.join("rootfs"),
+        &scratch,
     )?);
     match crate::storm::section(&mkmodule, &raw, 32, false) {
         Ok(section) => report.push_str(&section),

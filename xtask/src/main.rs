@@ -44,10 +44,11 @@ tasks:
           qemu-nbd -f cloop, nbdkit raw and xz); markdown medians and ratios on stdout and in
           target/compare.md, and the remaster section below; makes the corpus with
           scripts/make-corpus.sh if missing
-  remaster [EXT4] [--rounds N] [--debug]
+  remaster [EXT4] [--rounds N] [--debug] [--no-iso]
           loop-mount a copy of EXT4 (default $CORPUS/rootfs.ext4; needs root), add 20 MiB,
           rewrite 100 files, delete 5; time create vs create --reuse, share of blocks copied,
-          byte identity (target/remaster.md); --debug times the debug build (checks only)
+          byte identity, fetch --seed bytes read (target/remaster.md); then the ISO 9660 study
+          on $CORPUS/rootfs (--no-iso skips it); --debug times the debug build (checks only)
   storm [--record] [--clients N]
           boot storm: replay a guest boot's block reads (recorded once with mkmodule serve
           --trace while qemu boots $CORPUS/rootfs.ext4 with systemd) from N NBD clients at once

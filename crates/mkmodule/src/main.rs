@@ -46,6 +46,10 @@ enum Command {
     Connect(cmd::connect::Args),
     /// Fold a copy-on-write overlay (serve --cow FILE) and its image into a new image.
     Commit(cmd::commit::Args),
+    /// Write an image as another format, codec or block size, copying the blocks that stay.
+    Convert(cmd::convert::Args),
+    /// Copy an image, reading from it only the blocks an older image here does not hold.
+    Fetch(cmd::fetch::Args),
     /// Mount an image's filesystem (or stack module images with --union) via FUSE + loop.
     Mount(cmd::mount::Args),
     /// Take down what `mount` or `attach` set up: mounts, loop devices, FUSE server.
@@ -74,6 +78,8 @@ impl Command {
             Command::Verify(args) => cmd::verify::run(args),
             Command::Serve(args) => cmd::serve::run(args),
             Command::Commit(args) => cmd::commit::run(args),
+            Command::Convert(args) => cmd::convert::run(args),
+            Command::Fetch(args) => cmd::fetch::run(args),
             Command::Connect(args) => cmd::connect::run(args),
             Command::Mount(args) => cmd::mount::run(args),
             Command::Umount(args) => cmd::umount::run(args),

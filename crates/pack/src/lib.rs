@@ -51,7 +51,7 @@ pub use choice::{
 };
 pub use error::{ImagePart, NearestBlockSizes, OptionsError, PackError};
 pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
-pub use reuse::{Reuse, ReuseError};
+pub use reuse::{Reuse, ReuseCheck, ReuseError};
 pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
 pub use summary::{PackSummary, ProgressEvent};
 

@@ -1,17 +1,24 @@
 //! Copying unchanged blocks from an older image (`create --reuse OLD`).
 //!
-//! A block's compressed bytes depend only on its uncompressed bytes, the dialect, the block size
-//! and the block encoder (codec and level, or `best`). So when OLD was written with the same
-//! four, a new block whose digest (docs/FORMAT.md §12.4) equals that of a block of OLD, at any
-//! position, would compress to exactly OLD's bytes for that block: they are copied instead.
+//! A block's compressed bytes depend only on its uncompressed bytes, the block size and the
+//! block encoder (codec and level, or `best`, and whether the dialect falls back to stored zlib
+//! for blocks that do not shrink). So when OLD was written the same way, a new block whose
+//! digest (docs/FORMAT.md §12.4) equals that of a block of OLD, at any position, would compress
+//! to exactly OLD's bytes for that block: they are copied instead. OLD may be of another
+//! dialect when the encoder is one fixed codec that both dialects write the same way (a v2
+//! image's zlib blocks are valid v4 or uzip-zlib blocks): that is what `convert` relies on.
 //! Everything that depends on a block's place (zero-length blocks, dedup back-references, the
 //! rule against referencing the block just before) is decided by the in-order writer from those
 //! bytes as for a compressed block, so the image is byte-identical to one written without
 //! reuse.
 //!
-//! Digests are short, and OLD may be damaged: before a block is copied, OLD's bytes are decoded
-//! and compared with the new block. A mismatch (or an unreadable block) means the block is
-//! compressed after all, and the writer reports it.
+//! Digests are short, and OLD may be damaged. With [`ReuseCheck::Decode`], OLD's bytes are
+//! decoded and compared with the new block before they are copied: a mismatch (or an unreadable
+//! block) means the block is compressed after all, and the writer reports it. With
+//! [`ReuseCheck::Table`] (the default) a block is copied on its digest alone when the digests
+//! come from OLD's block-digest table, whose checksum was checked, or from decoding OLD just
+//! before: damage to OLD's compressed bytes behind a valid table is then not noticed here
+//! (`verify OLD` finds it).
 //!
 //! Memory: one map entry (digest and block number) per distinct block of OLD.
 
@@ -32,7 +39,7 @@ const PROBE_BLOCKS: usize = 3;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReuseError {
-    /// OLD is of another dialect.
+    /// OLD is of a dialect whose blocks the new image's encoder would not write the same way.
     #[error("it is a {old} image, and the new one is {new}: give --format {old}")]
     Dialect {
         /// OLD's dialect.
@@ -77,6 +84,17 @@ impl ReuseError {
     pub fn kind(&self) -> ErrorKind {
         ErrorKind::Config
     }
+}
+
+/// How much a block of OLD is checked before it is copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReuseCheck {
+    /// Copied when its digest matches: the digests come from OLD's checked table or from
+    /// decoding OLD.
+    #[default]
+    Table,
+    /// Also decoded and compared with the new block before it is copied.
+    Decode,
 }
 
 /// What [`Reuse::fetch`] found for a block.
@@ -125,6 +143,7 @@ pub struct Reuse<'a> {
     by_digest: HashMap<BlockDigest, u32>,
     from_table: bool,
     table_problem: Option<ImageError>,
+    check: ReuseCheck,
 }
 
 impl std::fmt::Debug for Reuse<'_> {
@@ -167,7 +186,13 @@ impl<'a> Reuse<'a> {
             by_digest,
             from_table,
             table_problem,
+            check: ReuseCheck::default(),
         })
+    }
+
+    /// The same, checking blocks as `check` says before they are copied.
+    pub fn with_check(self, check: ReuseCheck) -> Reuse<'a> {
+        Reuse { check, ..self }
     }
 
     /// The older image.
@@ -192,7 +217,7 @@ impl<'a> Reuse<'a> {
     }
 
     /// Copies OLD's compressed bytes for a whole block `data` of digest `digest` into `out`,
-    /// after checking that they decode to `data`.
+    /// after checking that they decode to `data` when the check is [`ReuseCheck::Decode`].
     pub(crate) fn fetch(
         &self,
         digest: &BlockDigest,
@@ -203,8 +228,11 @@ impl<'a> Reuse<'a> {
         let Some(&old_block) = self.by_digest.get(digest) else {
             return Fetch::Miss;
         };
+        let decode = self.check == ReuseCheck::Decode;
         match self.old.compressed_block(old_block, out) {
-            Ok(entry) if !out.is_empty() && checker.decodes_to(entry.codec, out, data) => {
+            Ok(entry)
+                if !out.is_empty() && (!decode || checker.decodes_to(entry.codec, out, data)) =>
+            {
                 Fetch::Copied(entry.codec)
             }
             _ => Fetch::Rejected { old_block },
@@ -212,10 +240,30 @@ impl<'a> Reuse<'a> {
     }
 }
 
-/// Refuses an OLD whose blocks would not be the new image's: another dialect, block size or
-/// recorded encoder, or blocks that compress differently when tried.
+/// Whether blocks written for `old`'s dialect with `plan`'s encoder are the bytes `plan` writes:
+/// the same dialect, or one fixed codec both dialects allow, with the same stored-zlib fallback
+/// for blocks that do not shrink.
+fn same_block_bytes(old: Dialect, plan: &Plan) -> bool {
+    if old == plan.dialect {
+        return true;
+    }
+    match plan.encoding {
+        // The fallback to stored zlib depends only on the codec and on whether the dialect
+        // has zlib.
+        BlockEncoding::Fixed { codec, .. } => {
+            old.allows_codec(codec)
+                && plan.dialect.allows_codec(codec)
+                && old.allows_codec(CodecKind::Zlib) == plan.dialect.allows_codec(CodecKind::Zlib)
+        }
+        BlockEncoding::Best => false,
+    }
+}
+
+/// Refuses an OLD whose blocks would not be the new image's: another block size, a dialect
+/// that writes blocks differently, another recorded encoder, or blocks that compress
+/// differently when tried.
 fn check_options(old: &Image, plan: &Plan) -> Result<(), ReuseError> {
-    if old.dialect() != plan.dialect {
+    if !same_block_bytes(old.dialect(), plan) {
         return Err(ReuseError::Dialect {
             old: old.dialect(),
             new: plan.dialect,

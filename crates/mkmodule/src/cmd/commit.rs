@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use mkmodule_blockdev::DeviceReader;
 use mkmodule_codec::{CodecKind, CodecSpec};
 use mkmodule_format::{BlockEncoding, Dialect};
-use mkmodule_image::OpenOptions;
+use mkmodule_image::{Image, OpenOptions};
 use mkmodule_overlay::OverlayOptions;
 use mkmodule_pack::{
     check_block_size, choose_dialect, pack_with_reuse, CodecChoice, FormatChoice, OutputKind,
@@ -47,33 +47,8 @@ pub struct Args {
     #[arg(short, long, value_name = "NEW_IMAGE")]
     output: PathBuf,
 
-    /// Dialect of the new image: auto, v2, v4, v4-footer, uzip, or a full name such as
-    /// uzip-zstd (default: the image's own; a raw IMAGE gives v2).
-    #[arg(long, value_name = "FORMAT")]
-    format: Option<FormatChoice>,
-
-    /// Block codec (default: the image's encoder when its trailer records it, else the image's
-    /// codec at mkmodule's default level).
-    #[arg(
-        short = 'c',
-        long,
-        value_name = "CODEC",
-        help = commit_codec_help(),
-        long_help = commit_codec_help()
-    )]
-    codec: Option<CodecChoice>,
-
-    /// Uncompressed block size, a multiple of 512 up to 1M (default: the image's).
-    #[arg(short = 'B', long, value_name = "SIZE", value_parser = parse_size)]
-    block_size: Option<u64>,
-
-    /// Compressor threads (default: one per core).
-    #[arg(short = 'j', long, value_name = "N")]
-    threads: Option<usize>,
-
-    /// Leave out mkmodule's trailer (input length and SHA-256).
-    #[arg(long)]
-    no_trailer: bool,
+    #[command(flatten)]
+    new: NewImageArgs,
 
     /// Replace NEW_IMAGE if it exists.
     #[arg(short, long)]
@@ -87,8 +62,40 @@ pub struct Args {
     progress: ProgressArg,
 }
 
+/// How the new image of `commit` and `convert` is written; by default as the image it comes from.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NewImageArgs {
+    /// Dialect of the new image: auto, v2, v4, v4-footer, uzip, or a full name such as
+    /// uzip-zstd (default: the image's own; a raw IMAGE gives v2).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<FormatChoice>,
+
+    /// Block codec (default: the image's encoder when its trailer records it, else the image's
+    /// codec at mkmodule's default level).
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "CODEC",
+        help = commit_codec_help(),
+        long_help = commit_codec_help()
+    )]
+    pub codec: Option<CodecChoice>,
+
+    /// Uncompressed block size, a multiple of 512 up to 1M (default: the image's).
+    #[arg(short = 'B', long, value_name = "SIZE", value_parser = parse_size)]
+    pub block_size: Option<u64>,
+
+    /// Compressor threads (default: one per core).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Leave out mkmodule's trailer (input length and SHA-256).
+    #[arg(long)]
+    pub no_trailer: bool,
+}
+
 /// What the base image is written with, as far as the new image should follow it.
-struct BaseStyle {
+pub(crate) struct BaseStyle {
     dialect: Dialect,
     codec: Option<CodecKind>,
     /// The encoder the base's trailer records (codec and level, or best).
@@ -99,16 +106,21 @@ struct BaseStyle {
 /// What the new image follows of a base that is a cloop image.
 fn base_style(found: &Found) -> Option<BaseStyle> {
     match found {
-        Found::Image(image) => Some(BaseStyle {
-            dialect: image.dialect(),
-            codec: main_codec(image),
-            encoding: image
-                .trailer()
-                .filter(|_| image.trailer_problem().is_none())
-                .and_then(|t| t.extension.encoding),
-            block_size: image.block_size(),
-        }),
+        Found::Image(image) => Some(style_of(image)),
         Found::Raw => None,
+    }
+}
+
+/// How `image` is written, as far as a new image made from it follows it.
+pub(crate) fn style_of(image: &Image) -> BaseStyle {
+    BaseStyle {
+        dialect: image.dialect(),
+        codec: main_codec(image),
+        encoding: image
+            .trailer()
+            .filter(|_| image.trailer_problem().is_none())
+            .and_then(|t| t.extension.encoding),
+        block_size: image.block_size(),
     }
 }
 
@@ -122,7 +134,7 @@ fn commit_codec_help() -> String {
 }
 
 /// The packer's plan: the base's dialect, codec and block size unless told otherwise.
-fn plan(args: &Args, style: Option<&BaseStyle>, size: u64) -> Result<Plan> {
+pub(crate) fn plan(args: &NewImageArgs, style: Option<&BaseStyle>, size: u64) -> Result<Plan> {
     let mut options = PackOptions::portable();
     let format = match (args.format, style) {
         (Some(format), _) => format,
@@ -184,7 +196,7 @@ fn codec_choice(encoding: BlockEncoding) -> Option<CodecChoice> {
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -214,7 +226,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let base = open_device(&args.image, &OpenOptions::default(), &Default::default())?;
     let size = base.device.size();
-    let plan = plan(&args, base_style(&base.found).as_ref(), size)?;
+    let plan = plan(&args.new, base_style(&base.found).as_ref(), size)?;
     let old = match &base.found {
         Found::Image(image) => Some(std::sync::Arc::clone(image)),
         Found::Raw => None,
@@ -257,7 +269,14 @@ pub fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("opening {name}"))?;
             write_in_place(reader, &mut out, &plan, &name, reuse.as_ref(), &warn)?
         }
-        _ => write_new_file(reader, &args, &plan, &name, reuse.as_ref(), &warn)?,
+        _ => write_new_file(
+            reader,
+            (&args.output, args.force),
+            &plan,
+            &name,
+            reuse.as_ref(),
+            &warn,
+        )?,
     };
     bar.finish();
     eprintln!(
@@ -281,21 +300,22 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Packs into a new file beside the output, renamed into place when complete.
-fn write_new_file(
+/// Packs into a new file beside `output` (replaced when `force`), renamed into place when
+/// complete.
+pub(crate) fn write_new_file(
     reader: impl Read + Send,
-    args: &Args,
+    (output, force): (&Path, bool),
     plan: &Plan,
     name: &str,
     reuse: Option<&Reuse<'_>>,
     warn: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary> {
-    let replace = if args.force {
+    let replace = if force {
         Replace::Existing
     } else {
         Replace::Never
     };
-    let mut temp = OutputFile::create(&args.output, replace)?;
+    let mut temp = OutputFile::create(output, replace)?;
     let mut out = SyncBehind::new(temp.file_mut());
     let sink = match SinkKind::choose(plan, OutputKind::NewFile, name)? {
         SinkKind::Stream => Sink::Stream(&mut out),
@@ -310,7 +330,7 @@ fn write_new_file(
 }
 
 /// Packs into an existing device or FIFO, in place.
-fn write_in_place(
+pub(crate) fn write_in_place(
     reader: impl Read + Send,
     out: &mut File,
     plan: &Plan,

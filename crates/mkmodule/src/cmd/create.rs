@@ -111,9 +111,40 @@ pub struct Args {
 
     /// Copy the compressed bytes of every block that OLD_IMAGE already holds (at any position)
     /// instead of compressing it again; the image is the same as without it. OLD_IMAGE must
-    /// have the same format, block size and codec (level included).
+    /// have the same block size and codec (level included), and the same format or one whose
+    /// blocks that codec writes the same way.
     #[arg(long, value_name = "OLD_IMAGE")]
     pub reuse: Option<PathBuf>,
+
+    /// How a block of OLD_IMAGE is checked before it is copied: `table` copies it when its
+    /// digest matches (OLD_IMAGE's block-digest table is checked against its checksum, or the
+    /// digests are computed by decoding it); `decode` also decodes it and compares the bytes,
+    /// so damage to its compressed bytes is caught (slower).
+    #[arg(
+        long,
+        value_name = "CHECK",
+        default_value = "table",
+        requires = "reuse"
+    )]
+    pub reuse_check: ReuseCheckArg,
+}
+
+/// `--reuse-check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReuseCheckArg {
+    /// Trust the digests (checked table, or computed by decoding).
+    Table,
+    /// Decode every copied block and compare it.
+    Decode,
+}
+
+impl From<ReuseCheckArg> for mkmodule_pack::ReuseCheck {
+    fn from(arg: ReuseCheckArg) -> Self {
+        match arg {
+            ReuseCheckArg::Table => mkmodule_pack::ReuseCheck::Table,
+            ReuseCheckArg::Decode => mkmodule_pack::ReuseCheck::Decode,
+        }
+    }
 }
 
 /// The one-line `--codec` help of `create` and `commit`: the list the parse error gives too.
@@ -225,6 +256,8 @@ struct Job {
     verity: Option<mkmodule_pack::verity::VerityParams>,
     /// The older image to copy blocks from (`--reuse`).
     reuse: Option<PathBuf>,
+    /// How its blocks are checked (`--reuse-check`).
+    reuse_check: mkmodule_pack::ReuseCheck,
 }
 
 impl Job {
@@ -298,6 +331,7 @@ impl Job {
             json: args.json,
             verity,
             reuse: args.reuse,
+            reuse_check: args.reuse_check.into(),
         })
     }
 }
@@ -310,7 +344,9 @@ pub fn run(args: Args) -> Result<()> {
     job.plan = job.plan.clone().with_input_len(input_len)?;
     let old = job.reuse.as_deref().map(reuse::open_old).transpose()?;
     let reuse = match (&old, &job.reuse) {
-        (Some(old), Some(path)) => Some(reuse::prepare(old, path, &job.plan, job.quiet)?),
+        (Some(old), Some(path)) => {
+            Some(reuse::prepare(old, path, &job.plan, job.quiet)?.with_check(job.reuse_check))
+        }
         _ => None,
     };
     let reuse = reuse.as_ref();

@@ -1,5 +1,6 @@
-//! `mkmodule verify`: decode every block in parallel, check the trailer's digest, and report each
-//! bad block. Exit status 3 when the image is damaged.
+//! `mkmodule verify`: decode every block in parallel, check each against the block-digest table
+//! and the content against the trailer's digest, and report each bad block. Exit status 3 when
+//! the image is damaged.
 //!
 //! Blocks known to be zero (zero-length blocks, and blocks whose bytes equal a decoded zero
 //! block's) are not decoded again. What is left to do, the bytes to decode plus the bytes to hash,
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 use mkmodule_blockdev::{chain_text, ErrorKind};
-use mkmodule_format::DigestAlgorithm;
+use mkmodule_format::{block_digest, BlockDigest, DigestAlgorithm};
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -102,6 +103,8 @@ struct Report {
     bad_blocks: Vec<BadBlock>,
     digest: Option<DigestReport>,
     trailer_problem: Option<String>,
+    /// The block-digest table (docs/FORMAT.md §12.4), when the trailer points to one.
+    digest_table: Option<TableReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     verity: Option<verity::VerityReport>,
 }
@@ -111,6 +114,17 @@ struct BadBlock {
     index: u32,
     offset: Option<u64>,
     reason: String,
+}
+
+/// What became of the block-digest table.
+#[derive(Debug, Serialize)]
+struct TableReport {
+    /// Entries it should have (the block count).
+    entries: u32,
+    /// `ok` (every decoded block matched its entry), `mismatch` (some did not: they are bad
+    /// blocks) or `unusable` (misplaced or failing its checksum: `problem` says why).
+    status: &'static str,
+    problem: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         bad_blocks: Vec::new(),
         digest: None,
         trailer_problem: None,
+        digest_table: None,
         verity: None,
     };
     let options = OpenOptions {
@@ -165,6 +180,10 @@ pub fn run(args: Args) -> Result<()> {
     report.ok = report.error.is_none()
         && report.bad_blocks.is_empty()
         && report.trailer_problem.is_none()
+        && report
+            .digest_table
+            .as_ref()
+            .is_none_or(|t| t.status != "unusable")
         && report.digest.as_ref().is_none_or(|d| d.status == "ok");
     let verity_problem = report.verity.as_ref().and_then(|v| v.problem.clone());
     let damaged_before_verity = !report.ok;
@@ -210,11 +229,19 @@ fn damage_summary(report: &Report) -> String {
             report.bad_blocks.len(),
             bad_block_text(first)
         ),
-        (None, []) => match &report.trailer_problem {
-            Some(problem) => problem.clone(),
-            None => "the content does not match its recorded digest".to_string(),
+        (None, []) => match (&report.trailer_problem, table_problem(report)) {
+            (Some(problem), _) | (None, Some(problem)) => problem.clone(),
+            (None, None) => "the content does not match its recorded digest".to_string(),
         },
     }
+}
+
+/// What is wrong with the block-digest table, when it cannot be used.
+fn table_problem(report: &Report) -> Option<&String> {
+    report
+        .digest_table
+        .as_ref()
+        .and_then(|t| t.problem.as_ref())
 }
 
 /// A bad block's reason, which names the block and offset (prefixed when it does not).
@@ -255,6 +282,30 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
         offset: error.offset(),
         reason: chain_text(&error),
     };
+    let table = read_table(image, report);
+    let table = table.as_deref();
+    let zero_digest = block_digest(&[], image.block_size());
+    // A decoded block that does not match its table entry: decodes, but to other bytes.
+    let mismatch = |block: u32, decoded: &Decoded<'_>| -> Option<BadBlock> {
+        let expected = table?.get(block as usize)?;
+        let actual = match decoded {
+            Decoded::Zero => zero_digest,
+            Decoded::Data(data) => block_digest(data, image.block_size()),
+        };
+        (actual != *expected).then(|| BadBlock {
+            index: block,
+            offset: image.index().get(block as usize).map(|e| e.offset),
+            reason: format!(
+                "block {block}{}: decodes to bytes that do not match its entry in the \
+                 block-digest table",
+                image
+                    .index()
+                    .get(block as usize)
+                    .map(|e| format!(" at offset {}", e.offset))
+                    .unwrap_or_default()
+            ),
+        })
+    };
     match digest_trailer(image) {
         Some(trailer) => {
             let mut hasher = Sha256::new();
@@ -262,6 +313,9 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             let mut bad_blocks = Vec::new();
             let zeros = vec![0u8; bs as usize];
             let _ = image.par_blocks_ordered(pass, |block, decoded| {
+                if let Some(entry) = decoded.as_ref().ok().and_then(|d| mismatch(block, d)) {
+                    bad_blocks.push(entry);
+                }
                 match decoded {
                     Ok(Decoded::Data(data)) => {
                         let take = remaining.min(bs) as usize;
@@ -301,8 +355,11 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
         None => {
             let bad_blocks = Mutex::new(Vec::new());
             let _ = image.par_blocks(pass, |block, decoded| {
-                if let Err(error) = decoded {
-                    let entry = bad(error, block);
+                let entry = match decoded {
+                    Ok(decoded) => mismatch(block, &decoded),
+                    Err(error) => Some(bad(error, block)),
+                };
+                if let Some(entry) = entry {
                     bad_blocks
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -318,7 +375,31 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             report.bad_blocks = bad_blocks;
         }
     }
+    if let Some(t) = report.digest_table.as_mut().filter(|t| t.problem.is_none()) {
+        let mismatched = report
+            .bad_blocks
+            .iter()
+            .any(|b| b.reason.contains("block-digest table"));
+        t.status = if mismatched { "mismatch" } else { "ok" };
+    }
     bar.finish();
+}
+
+/// Reads and checks the block-digest table, recording in `report` that there is one and, when
+/// it cannot be used, why; returns it when usable.
+fn read_table(image: &Image, report: &mut Report) -> Option<Vec<BlockDigest>> {
+    let entries = image.num_blocks();
+    let (table, status, problem) = match image.digest_table() {
+        Ok(None) => return None,
+        Ok(Some(table)) => (Some(table), "ok", None),
+        Err(error) => (None, "unusable", Some(chain_text(&error))),
+    };
+    report.digest_table = Some(TableReport {
+        entries,
+        status,
+        problem,
+    });
+    table
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -335,6 +416,18 @@ fn print_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     }
     if let Some(problem) = &report.trailer_problem {
         writeln!(out, "trailer: {problem}")?;
+    }
+    match &report.digest_table {
+        Some(TableReport {
+            problem: Some(problem),
+            ..
+        }) => writeln!(out, "block-digest table: UNUSABLE: {problem}")?,
+        Some(t) => writeln!(
+            out,
+            "block-digest table: {} entries ({})",
+            t.entries, t.status
+        )?,
+        None => {}
     }
     match &report.digest {
         Some(d) if d.status == "mismatch" => writeln!(
@@ -378,6 +471,7 @@ mod tests {
                 .collect(),
             digest: None,
             trailer_problem: trailer.map(String::from),
+            digest_table: None,
             verity: None,
         }
     }

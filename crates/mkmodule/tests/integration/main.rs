@@ -17,6 +17,7 @@ mod common_create;
 mod common_read;
 mod common_tools;
 mod connect;
+mod convert_fetch;
 mod cow;
 mod create_errors;
 mod create_interop;

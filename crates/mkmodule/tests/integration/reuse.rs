@@ -108,6 +108,8 @@ fn reuse_with_other_options_is_refused_naming_the_option() {
     assert!(!dir.path().join("new.img").exists());
 }
 
+/// With `--reuse-check decode`, a block of OLD whose compressed bytes were damaged behind a
+/// valid digest table is decoded, found wrong, and compressed again.
 #[test]
 fn a_damaged_block_of_old_is_compressed_again_with_a_warning() {
     let dir = tempdir();
@@ -129,7 +131,16 @@ fn a_damaged_block_of_old_is_compressed_again_with_a_warning() {
     let out = run_in(
         dir.path(),
         &[
-            "in.raw", "-o", "new.img", "-B", "4K", "--reuse", "old.img", "--json",
+            "in.raw",
+            "-o",
+            "new.img",
+            "-B",
+            "4K",
+            "--reuse",
+            "old.img",
+            "--reuse-check",
+            "decode",
+            "--json",
         ],
         None,
     );
@@ -238,4 +249,79 @@ fn commit_reuses_the_untouched_blocks() {
     );
     let plain = std::fs::read(dir.path().join("plain.img")).unwrap();
     assert!(plain == std::fs::read(dir.path().join("new.img")).unwrap());
+}
+
+/// `verify` compares every decoded block with its entry in the block-digest table: a block
+/// replaced by another valid block of the same length (stored blocks: the length does not
+/// depend on the bytes) decodes, and is named; a damaged table fails the check too.
+#[test]
+fn verify_checks_blocks_against_the_digest_table() {
+    let data = mixed(12 * BS);
+    let mut other = data.clone();
+    other[6 * BS + 10] ^= 0x20;
+    let options = ["-B", "4K", "-c", "none", "-f"];
+    let dir = with_image(&data, &[&["-o", "a.img"][..], &options].concat());
+    put(dir.path(), "other.raw", &other);
+    ok(
+        dir.path(),
+        &[&["other.raw", "-o", "b.img", "-q"][..], &options].concat(),
+        None,
+    );
+    let text = String::from_utf8(ok(dir.path(), &["verify", "a.img"], None)).unwrap();
+    assert!(
+        text.contains("block-digest table: 12 entries (ok)"),
+        "{text}"
+    );
+    let path = dir.path().join("a.img");
+    let good = std::fs::read(&path).unwrap();
+    let entry = *parse_image(&good).unwrap().index.get(6).unwrap();
+    let replacement = std::fs::read(dir.path().join("b.img")).unwrap();
+    let theirs = *parse_image(&replacement).unwrap().index.get(6).unwrap();
+    assert_eq!((entry.offset, entry.len), (theirs.offset, theirs.len));
+
+    let mut bytes = good.clone();
+    let range = entry.offset as usize..entry.end() as usize;
+    bytes[range.clone()].copy_from_slice(&replacement[range]);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run_in(dir.path(), &["verify", "a.img"], None);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "bad block 6: block 6 at offset {}: decodes to bytes that do not match its entry \
+             in the block-digest table",
+            entry.offset
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("block-digest table: 12 entries (mismatch)"),
+        "{stdout}"
+    );
+    let out = run_in(dir.path(), &["verify", "--json", "a.img"], None);
+    let report = json(&out.stdout);
+    assert_eq!(
+        report["bad_blocks"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(report["bad_blocks"][0]["index"], 6);
+    assert_eq!(report["digest_table"]["status"], "mismatch");
+
+    // The blocks intact, one digest of the table changed: its checksum fails.
+    let info = json(&ok(dir.path(), &["info", "--json", "a.img"], None));
+    let mut bytes = good.clone();
+    let at = info["digest_table"]["offset"].as_u64().unwrap() as usize;
+    bytes[at + 16 * 3] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run_in(dir.path(), &["verify", "a.img"], None);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("block-digest table: UNUSABLE"), "{stdout}");
+    assert!(stdout.contains(", 0 bad: DAMAGED"), "{stdout}");
+    assert!(
+        stderr.contains("a.img is damaged") && stderr.contains("block-digest table"),
+        "{stderr}"
+    );
 }
