@@ -17,6 +17,11 @@ packages=(
     util-linux       # losetup, blkid, setsid, mount: mount and attach tests
     cryptsetup-bin   # veritysetup: the reference for the dm-verity hash tree of create --verity
     man-db           # man: checks that the manual page of `mkmodule docs man` renders
+    xorriso          # the live ISO of `cargo xtask live-iso` (grub-mkrescue writes it with xorriso)
+    grub-common      # grub-mkrescue: the live ISO's boot loader
+    grub-pc-bin      # its BIOS (El Torito) boot image
+    grub-efi-amd64-bin # its UEFI boot image
+    mtools           # the UEFI boot image's FAT file system inside the ISO
 )
 missing=()
 for p in "${packages[@]}"; do

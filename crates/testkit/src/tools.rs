@@ -30,6 +30,10 @@ pub fn debian_package(tool: &str) -> &'static str {
         "kill" => "procps",
         "veritysetup" => "cryptsetup-bin",
         "man" => "man-db",
+        "xorriso" => "xorriso",
+        "grub-mkrescue" => "grub-common (with grub-pc-bin and grub-efi-amd64-bin)",
+        "mformat" => "mtools",
+        "busybox" => "busybox-static",
         _ => "the package that provides it",
     }
 }

@@ -10,6 +10,7 @@
 mod bench;
 mod boot;
 mod boot_connect;
+mod boot_live;
 mod boot_verity;
 mod cli_words;
 mod common_create;
