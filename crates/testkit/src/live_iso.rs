@@ -229,6 +229,8 @@ impl LiveIso {
         let _ = run(Command::new("strip").arg(root.join("sbin/mkmodule")));
         // util-linux's: `mkmodule attach` asks for direct I/O, which busybox's lacks.
         copy_with_libs(&which("losetup")?, &root, "sbin/losetup")?;
+        // Debian's busybox has no blkid applet.
+        copy_with_libs(&which("blkid")?, &root, "sbin/blkid")?;
         std::fs::copy(&self.helper, root.join("sbin/mkmodule-live"))?;
         set_executable(&root.join("sbin/mkmodule-live"))?;
         let order = self.copy_modules(&root)?;
@@ -359,7 +361,7 @@ fn set_executable(path: &Path) -> io::Result<()> {
 
 /// The initramfs's `/init`: loads the modules, runs the helper, moves /run and /dev into the
 /// union and switches to it (`init=` names the program, default /sbin/init). When the helper
-/// fails, a shell on the console (the machine reboots when it exits).
+/// fails, a shell on the console (with `mkmodule.noshell`: power off).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/sbin:/bin
@@ -376,6 +378,10 @@ for word in $(cat /proc/cmdline); do
     case $word in init=*) init=${word#*=} ;; esac
 done
 if ! mkmodule-live mount /newroot; then
+    if grep -qw mkmodule.noshell /proc/cmdline; then
+        echo "mkmodule-live: the live system could not be mounted (above); powering off"
+        poweroff -f
+    fi
     echo "mkmodule-live: the live system could not be mounted (above); here is a shell"
     exec sh
 fi

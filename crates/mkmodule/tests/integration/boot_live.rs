@@ -330,7 +330,7 @@ fn live_iso_boots_from_cd_with_a_module_and_persistent_changes() {
         initrd: None,
         kernel_dir: kernel_dir(),
         label: "MKLIVE_TEST".into(),
-        append: format!("mkmodule.changes={CHANGES_LABEL} panic=-1 loglevel=3"),
+        append: format!("mkmodule.changes={CHANGES_LABEL} mkmodule.noshell panic=-1 loglevel=3"),
         menu_seconds: 0,
         work: d.join("work"),
         output: iso.clone(),
