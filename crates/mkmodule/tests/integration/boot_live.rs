@@ -199,6 +199,8 @@ struct Boot {
     lines: Vec<String>,
     /// Host seconds from qemu's start to the root's init.
     to_init: f64,
+    /// The initramfs's own lines ("mkmodule-live: …"), stamped with host seconds.
+    stages: Vec<String>,
 }
 
 impl Boot {
@@ -292,7 +294,13 @@ fn boot(iso: &Path, disk: &Path, log: &Path) -> Boot {
         "the root's init did not finish; console:\n{}",
         text.join("\n")
     );
+    let stages = console
+        .iter()
+        .filter(|(_, l)| l.starts_with("mkmodule-live:") || l.contains("Booting `"))
+        .map(|(t, l)| format!("{t:6.1} s {l}"))
+        .collect();
     Boot {
+        stages,
         lines: console
             .into_iter()
             .filter_map(|(_, l)| l.strip_prefix("=== ").map(str::to_string))
@@ -377,6 +385,9 @@ fn live_iso_boots_from_cd_with_a_module_and_persistent_changes() {
         second.value("payload ")
     );
     for boot in [&first, &second] {
+        for stage in &boot.stages {
+            println!("live boot: {stage}");
+        }
         for line in boot.lines.iter().filter(|l| l.starts_with("payload-")) {
             println!("live boot: {line}");
         }
