@@ -262,7 +262,8 @@ fn boot(iso: &Path, disk: &Path, log: &Path) -> Boot {
         }
     });
     let mut console = Vec::new();
-    let limit = Duration::from_secs(300);
+    // A bound, not a timing: a boot takes 80 s on an idle machine, several times that on a loaded one.
+    let limit = Duration::from_secs(900);
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(line) => console.push(line),
