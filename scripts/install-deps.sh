@@ -23,7 +23,12 @@ packages=(
     binutils         # strip: the packaged binary is stripped
     lintian          # Debian's package checker, run on the .deb by the package test
     debootstrap      # the Debian 12 roots of the package test and the distribution boot tests
-    xorriso          # xorriso -as mkisofs: the ISO 9660 study of `cargo xtask remaster`
+    xorriso          # the live ISO of `cargo xtask live-iso` (grub-mkrescue writes it) and the
+                     # ISO 9660 study of `cargo xtask remaster` (xorriso -as mkisofs)
+    grub-common      # grub-mkrescue: the live ISO's boot loader
+    grub-pc-bin      # its BIOS (El Torito) boot image
+    grub-efi-amd64-bin # its UEFI boot image
+    mtools           # the UEFI boot image's FAT file system inside the ISO
 )
 missing=()
 for p in "${packages[@]}"; do

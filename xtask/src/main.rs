@@ -8,6 +8,7 @@ mod compare;
 mod demo;
 mod deny;
 mod fuzz;
+mod live_iso;
 mod remaster;
 mod storm;
 
@@ -55,6 +56,13 @@ tasks:
           (default 32) through mkmodule serve URL (cold and warm cache), mkmodule serve FILE,
           qemu-nbd (cloop over curl) and nbdkit curl + cache, nginx as the origin; origin bytes,
           MB/s, p50/p99 latency (target/storm.md); also a section of compare
+  live-iso --root ROOT.img [--module M.img ...] -o live.iso [--kernel K] [--initrd I]
+          [--kernel-dir DIR] [--label L] [--append WORDS] [--menu-seconds N] [--mkmodule BIN]
+          a bootable hybrid ISO (BIOS and UEFI, grub-mkrescue): ROOT.img compressed by mkmodule
+          as KNOPPIX/KNOPPIX, each module as KNOPPIX/modules/NN-NAME.mo, the kernel (default:
+          the newest in DIR, /var/cache/mkmodule/guest-kernel) and an initramfs with the
+          dist/lib/mkmodule-live stage (built from DIR's modules unless --initrd); boots with
+          mkmodule.live=L console=ttyS0 WORDS (relative paths: from the workspace root)
   fuzz [--time N] [TARGET...]
           run every fuzz target (or the named ones) for N seconds each (default 60) with
           cargo-fuzz on the stable toolchain; prints execs, exec/s and coverage per target and
@@ -78,6 +86,7 @@ fn main() -> Result<()> {
         "compare" => compare::compare(&std::env::args().skip(2).collect::<Vec<_>>()),
         "remaster" => remaster::remaster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "storm" => storm::storm(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "live-iso" => live_iso::live_iso(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz-seeds" => fuzz::seeds(),
         _ => bail!("{USAGE}"),

@@ -10,6 +10,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -72,6 +73,7 @@ pub struct SpawnServer {
     program: PathBuf,
     args: Vec<OsString>,
     timeout: Duration,
+    arg0: Option<OsString>,
 }
 
 impl SpawnServer {
@@ -81,7 +83,16 @@ impl SpawnServer {
             program: program.into(),
             args,
             timeout: Duration::from_secs(60),
+            arg0: None,
         }
+    }
+
+    /// Starts the program directly under this argv[0] instead of through `setsid` (which
+    /// cannot set it); the server then leaves its caller's session itself. systemd spares
+    /// processes whose argv[0] starts with '@' when it leaves the initramfs and at shutdown.
+    pub fn with_arg0(mut self, arg0: impl Into<OsString>) -> SpawnServer {
+        self.arg0 = Some(arg0.into());
+        self
     }
 
     /// How long to wait for the server to become ready (default 60 s: opening a large image
@@ -108,8 +119,19 @@ fn log_tail(log: &Path) -> String {
 impl Launcher for SpawnServer {
     fn launch(&mut self, mountpoint: &Path, log: &Path) -> Result<u32, MountError> {
         let log_file = File::create(log).context_with(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new("setsid")
-            .arg(&self.program)
+        let (mut command, program) = match &self.arg0 {
+            Some(arg0) => {
+                let mut command = Command::new(&self.program);
+                command.arg0(arg0);
+                (command, self.program.display().to_string())
+            }
+            None => {
+                let mut command = Command::new("setsid");
+                command.arg(&self.program);
+                (command, "setsid".to_string())
+            }
+        };
+        let mut child = command
             .args(&self.args)
             .arg("--mountpoint")
             .arg(mountpoint)
@@ -119,10 +141,7 @@ impl Launcher for SpawnServer {
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .map_err(|source| MountError::Spawn {
-                program: "setsid".to_string(),
-                source,
-            })?;
+            .map_err(|source| MountError::Spawn { program, source })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {

@@ -13,12 +13,15 @@
 //! * [`tools`]: runs peer tools (qemu-img, nbdinfo, create_compressed_fs, zstd, ...); a missing
 //!   tool fails the test with the Debian package to install, it never skips it.
 //! * [`process`]: child processes: bounded waits, stopping by pid, peak memory via `wait4`.
+//! * [`live_iso`]: a bootable live ISO (grub-mkrescue) around images compressed by mkmodule,
+//!   with a busybox initramfs running `dist/lib/mkmodule-live` (`cargo xtask live-iso`).
 //!
 //! This crate is a dev-dependency only: no library and not the binary may depend on it.
 
 pub mod data;
 pub mod fixtures;
 pub mod image;
+pub mod live_iso;
 pub mod nbd;
 pub mod nginx;
 pub mod process;

@@ -37,6 +37,10 @@ pub fn debian_package(tool: &str) -> &'static str {
         "lintian" => "lintian",
         "debootstrap" => "debootstrap",
         "chroot" => "coreutils",
+        "xorriso" => "xorriso",
+        "grub-mkrescue" => "grub-common (with grub-pc-bin and grub-efi-amd64-bin)",
+        "mformat" => "mtools",
+        "busybox" => "busybox-static",
         _ => "the package that provides it",
     }
 }

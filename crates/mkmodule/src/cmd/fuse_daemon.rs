@@ -12,6 +12,11 @@ use mkmodule_overlay::OverlayOptions;
 use crate::open::{open_device, open_overlay, OverlayStore};
 use crate::units::parse_size;
 
+/// The name the background server runs under: systemd leaves processes whose argv[0] starts
+/// with '@' alive across the switch from the initramfs and at shutdown ("root storage
+/// daemons"), so a root filesystem stacked on its files (a live system) stays readable.
+pub const DAEMON_ARGV0: &str = "@mkmodule-fuse";
+
 /// Options of the FUSE server shared by `mount`, `attach` and the daemon.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -79,6 +84,9 @@ pub fn export_files(
 
 /// Runs the daemon: serves until the FUSE mount point is unmounted.
 pub fn run(args: Args) -> Result<()> {
+    // Started directly (to set argv[0]), not through setsid(1): leave the caller's session so
+    // no terminal signal reaches the server. Fails only when already a group leader.
+    let _ = rustix::process::setsid();
     let files = match export_files(&args.images, args.cow.as_deref(), &args.server) {
         Ok(files) => files,
         Err(error) => {

@@ -78,7 +78,7 @@ pub fn image_path(path: &Path) -> Result<PathBuf> {
 
 /// How the FUSE server is started: a background process, or a thread of this one.
 pub enum Server {
-    /// `setsid mkmodule __fuse-daemon …`.
+    /// `@mkmodule-fuse __fuse-daemon …` in its own session.
     Background(SpawnServer),
     /// `--foreground`.
     Foreground(InProcess),
@@ -109,7 +109,9 @@ impl Server {
         }
         // Absolute paths: never taken for options.
         args.extend(images.iter().map(OsString::from));
-        Ok(Server::Background(SpawnServer::new(exe, args)))
+        Ok(Server::Background(
+            SpawnServer::new(exe, args).with_arg0(fuse_daemon::DAEMON_ARGV0),
+        ))
     }
 
     /// The launcher to give [`mkmodule_mount::mount`].

@@ -335,7 +335,7 @@ pub(crate) fn payload_block(ext4: &Path, n: usize) -> u64 {
 
 /// `len` bytes of real binary data that compresses as a root filesystem does: the guest
 /// kernel's module files, concatenated in a fixed order.
-fn payload(len: usize) -> Vec<u8> {
+pub(crate) fn payload(len: usize) -> Vec<u8> {
     let kdir = std::env::var_os("MKMODULE_GUEST_KERNEL_DIR").map_or_else(
         || PathBuf::from("/var/cache/mkmodule/guest-kernel"),
         PathBuf::from,

@@ -11,6 +11,7 @@ mod bench;
 mod boot;
 mod boot_connect;
 mod boot_distro;
+mod boot_live;
 mod boot_verity;
 mod cli_words;
 mod common_create;
