@@ -9,8 +9,8 @@
 //! block checked against SOURCE's table and the content against the trailer's SHA-256; only
 //! then is it renamed into place, so a failed fetch leaves no NEW behind.
 //!
-//! SOURCE is opened by [`open_source`] as a `Box<dyn ImageSource>`: a path today; any other
-//! kind of source (a URL) is one more case there.
+//! SOURCE is opened by [`open_source`] as a `Box<dyn ImageSource>`: a local path, or an
+//! `http(s)://` URL read with range requests (crates/remote).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,7 +36,8 @@ SOURCE must carry mkmodule's block-digest table (images written by `mkmodule cre
 one every byte is read from SOURCE. NEW is byte-identical to SOURCE and is checked against
 SOURCE's digests before it is renamed into place.
 Example:
-  mkmodule fetch /mnt/mirror/KNOPPIX -o KNOPPIX.new --seed KNOPPIX")]
+  mkmodule fetch /mnt/mirror/KNOPPIX -o KNOPPIX.new --seed KNOPPIX
+  mkmodule fetch https://images.example/KNOPPIX -o KNOPPIX.new --seed KNOPPIX")]
 pub struct Args {
     /// The image to copy.
     #[arg(value_name = "SOURCE")]
@@ -67,10 +68,22 @@ pub struct Args {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
+
+    #[command(flatten)]
+    remote: crate::remote::RemoteArgs,
 }
 
-/// Opens SOURCE: a local image file (an `http(s)://` URL is one more case here).
-pub(crate) fn open_source(source: &str) -> Result<Box<dyn ImageSource>> {
+/// Opens SOURCE: a local image file, or an `http(s)://` URL read with range requests under
+/// `remote` (headers, CA certificates, timeout).
+pub(crate) fn open_source(
+    source: &str,
+    remote: &crate::remote::RemoteArgs,
+) -> Result<Box<dyn ImageSource>> {
+    if crate::open::url_of(std::path::Path::new(source)).is_some() {
+        let http = mkmodule_remote::HttpSource::open(source, &remote.options())
+            .with_context(|| format!("cannot open {source}"))?;
+        return Ok(Box::new(http));
+    }
     let file = File::open(source).with_context(|| format!("cannot open {source}"))?;
     Ok(Box::new(FileSource::new(file)))
 }
@@ -125,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
     let source = Counting {
-        inner: Arc::from(open_source(&args.source)?),
+        inner: Arc::from(open_source(&args.source, &args.remote)?),
         read: Arc::clone(&read),
     };
     let options = OpenOptions {

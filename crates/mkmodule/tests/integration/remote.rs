@@ -308,3 +308,40 @@ fn serve_over_a_url_and_an_image_replaced_at_the_origin() {
     );
     served.terminate();
 }
+
+#[test]
+fn fetch_over_http_with_a_seed_reads_only_the_changed_blocks_from_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (old_input, old) = image(dir.path(), 5);
+    // The new release: the old data with one 64 KiB block rewritten.
+    let mut data = std::fs::read(&old_input).unwrap();
+    let block = 3 << 16;
+    data[block..block + (1 << 16)].copy_from_slice(&mkmodule_testkit::data::random(1 << 16, 77));
+    let new_input = dir.path().join("new.raw");
+    std::fs::write(&new_input, &data).unwrap();
+    let new = dir.path().join("new.cloop");
+    ok(&["create", &s(&new_input), "-o", &s(&new), "-c", "zstd", "-q"]);
+    nginx.publish(&new, "new.cloop");
+    let got = dir.path().join("got.cloop");
+    let report: serde_json::Value = serde_json::from_str(&ok(&[
+        "fetch",
+        &nginx.url("new.cloop"),
+        "-o",
+        &s(&got),
+        "--seed",
+        &s(&old),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&new).unwrap());
+    assert_eq!(report["blocks_from_source"], 1, "{report}");
+    // The origin sent that block plus header, index, table and trailer: far less than the image.
+    let sent = body_bytes(&nginx.log());
+    let image_len = std::fs::metadata(&new).unwrap().len();
+    assert!(
+        sent < image_len / 4,
+        "{sent} bytes from the origin for a {image_len}-byte image: {report}"
+    );
+}
