@@ -259,25 +259,14 @@ pub fn run(args: Args) -> Result<()> {
     let bar = Progress::new(mode, "commit", "commit", Unit::Bytes, Some(size));
     // The merged view of the overlay as a stream, for the packer.
     let reader = bar.wrap_read(DeviceReader::new(overlay.as_ref()));
-    let name = args.output.display().to_string();
-    let summary = match destination {
-        Destination::BlockDevice | Destination::SpecialFile => {
-            // A device or a FIFO: write into it, never replace it.
-            let mut out = FileOptions::new()
-                .write(true)
-                .open(&args.output)
-                .with_context(|| format!("opening {name}"))?;
-            write_in_place(reader, &mut out, &plan, &name, reuse.as_ref(), &warn)?
-        }
-        _ => write_new_file(
-            reader,
-            (&args.output, args.force),
-            &plan,
-            &name,
-            reuse.as_ref(),
-            &warn,
-        )?,
-    };
+    let summary = write_image(
+        reader,
+        destination,
+        (&args.output, args.force),
+        &plan,
+        reuse.as_ref(),
+        &warn,
+    )?;
     bar.finish();
     eprintln!(
         "mkmodule: {} + {} ({} chunks of {} written, {} zeroed) -> {}: {} image, {} blocks of \
@@ -300,9 +289,32 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Packs into `output`: in place when it is a device or a FIFO (never replaced), else into a
+/// new file renamed into place when complete (replacing an existing one only when `force`).
+pub(crate) fn write_image(
+    reader: impl Read + Send,
+    destination: Destination,
+    (output, force): (&Path, bool),
+    plan: &Plan,
+    reuse: Option<&Reuse<'_>>,
+    warn: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary> {
+    let name = output.display().to_string();
+    match destination {
+        Destination::BlockDevice | Destination::SpecialFile => {
+            let mut out = FileOptions::new()
+                .write(true)
+                .open(output)
+                .with_context(|| format!("opening {name}"))?;
+            write_in_place(reader, &mut out, plan, &name, reuse, warn)
+        }
+        _ => write_new_file(reader, (output, force), plan, &name, reuse, warn),
+    }
+}
+
 /// Packs into a new file beside `output` (replaced when `force`), renamed into place when
 /// complete.
-pub(crate) fn write_new_file(
+fn write_new_file(
     reader: impl Read + Send,
     (output, force): (&Path, bool),
     plan: &Plan,
@@ -330,7 +342,7 @@ pub(crate) fn write_new_file(
 }
 
 /// Packs into an existing device or FIFO, in place.
-pub(crate) fn write_in_place(
+fn write_in_place(
     reader: impl Read + Send,
     out: &mut File,
     plan: &Plan,

@@ -6,7 +6,6 @@
 //! would write the same way (the same codec and level and block size, in a dialect that writes
 //! that codec's blocks the same way, docs/FORMAT.md §12.5) is copied instead of compressed.
 
-use std::fs::OpenOptions as FileOptions;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -15,7 +14,7 @@ use mkmodule_image::{ExposedSize, Image, OpenOptions};
 use mkmodule_pack::{PackSummary, ProgressEvent, Reuse};
 use serde_json::json;
 
-use super::commit::{plan, style_of, write_in_place, write_new_file, NewImageArgs};
+use super::commit::{plan, style_of, write_image, NewImageArgs};
 use super::create::reuse::{compressed_blocks, warn_rejected};
 use crate::output::Destination;
 use crate::progress::{Progress, ProgressArg, Unit};
@@ -106,24 +105,14 @@ pub fn run(args: Args) -> Result<()> {
     let mode = args.progress.mode(args.quiet);
     let bar = Progress::new(mode, "convert", "convert", Unit::Bytes, Some(size));
     let reader = bar.wrap_read(image.reader());
-    let name = args.output.display().to_string();
-    let summary = match destination {
-        Destination::BlockDevice | Destination::SpecialFile => {
-            let mut out = FileOptions::new()
-                .write(true)
-                .open(&args.output)
-                .with_context(|| format!("opening {name}"))?;
-            write_in_place(reader, &mut out, &plan, &name, reuse.as_ref(), &warn)?
-        }
-        _ => write_new_file(
-            reader,
-            (&args.output, args.force),
-            &plan,
-            &name,
-            reuse.as_ref(),
-            &warn,
-        )?,
-    };
+    let summary = write_image(
+        reader,
+        destination,
+        (&args.output, args.force),
+        &plan,
+        reuse.as_ref(),
+        &warn,
+    )?;
     bar.finish();
     report(&args, &image, &summary, reuse.is_some())
 }
