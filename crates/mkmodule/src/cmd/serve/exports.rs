@@ -249,7 +249,7 @@ impl Opener {
         let description = self
             .description
             .clone()
-            .unwrap_or_else(|| spec.path.display().to_string());
+            .unwrap_or_else(|| shown_name(&spec.path));
         eprintln!(
             "mkmodule: export {:?}: {} ({what})",
             spec.name,
@@ -565,5 +565,43 @@ mod tests {
         assert!(exports.next().is_err());
         std::fs::remove_file(&file).unwrap();
         assert!(exports.next().is_err());
+    }
+}
+
+/// What clients are told an image is called when no `--description` is given: its file name
+/// only. Never the directory, nor an URL's host or query (a presigned URL's query is a
+/// credential).
+fn shown_name(path: &std::path::Path) -> String {
+    match crate::open::url_of(path) {
+        Some(url) => {
+            let without_query = url.split(['?', '#']).next().unwrap_or_default();
+            without_query
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        }
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod shown_name_tests {
+    use super::shown_name;
+    use std::path::Path;
+
+    #[test]
+    fn clients_see_the_file_name_only() {
+        assert_eq!(shown_name(Path::new("/srv/images/KNOPPIX")), "KNOPPIX");
+        assert_eq!(
+            shown_name(Path::new(
+                "https://origin.example/farm/root.cloop?X-Amz-Signature=secret"
+            )),
+            "root.cloop"
+        );
+        assert_eq!(shown_name(Path::new("http://h/a/b.img#frag")), "b.img");
     }
 }

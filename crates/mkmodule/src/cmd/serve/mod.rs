@@ -96,7 +96,8 @@ pub struct Args {
     #[arg(short = 'x', long = "export-name", value_name = "NAME")]
     export_name: Option<String>,
 
-    /// Description shown to clients (nbdinfo prints it).
+    /// Description shown to clients (nbdinfo prints it); default: the image's file name
+    /// (never its directory, nor an URL's host or query).
     #[arg(long, value_name = "TEXT")]
     description: Option<String>,
 
