@@ -269,7 +269,7 @@ fn exports_conffile(example: &str) -> String {
         if line.is_empty() || line.starts_with('#') {
             text.push_str(line);
         } else {
-            text.push_str("#");
+            text.push('#');
             text.push_str(line);
         }
         text.push('\n');
