@@ -143,12 +143,27 @@ fn deb_passes_lintian_installs_on_debian_12_works_and_purges_clean() {
         "/usr/lib/dracut/modules.d/95mkmodule-nbd/module-setup.sh",
         "/usr/share/doc/mkmodule/copyright",
         "/usr/share/doc/mkmodule/changelog.Debian.gz",
+        "/usr/share/doc/mkmodule/README.boot.md",
+        "/usr/share/lintian/overrides/mkmodule",
     ] {
         assert!(
             files.lines().any(|l| l == path),
             "{path} not in dpkg -L:\n{files}"
         );
         assert!(root.join(&path[1..]).exists(), "{path} not installed");
+    }
+    // The units' documentation is installed where they say.
+    for unit in ["mkmodule-serve.socket", "mkmodule-serve.service"] {
+        let text = std::fs::read_to_string(root.join("usr/lib/systemd/system").join(unit)).unwrap();
+        for doc in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Documentation=file:"))
+        {
+            assert!(
+                root.join(&doc[1..]).is_file(),
+                "{unit}: {doc} is not installed"
+            );
+        }
     }
     // The completion script is one the shell accepts.
     in_root(
