@@ -13,6 +13,7 @@
 //! | `/usr/share/initramfs-tools/{hooks,scripts/local-top,scripts/init-bottom}/mkmodule-nbd` | `dist/initramfs-tools` |
 //! | `/usr/lib/dracut/modules.d/95mkmodule-nbd/` | `dist/dracut` |
 //! | `/usr/share/doc/mkmodule/` | `copyright` (DEP-5), `changelog.Debian.gz`, the READMEs |
+//! | `/usr/share/lintian/overrides/mkmodule` | `dist/lintian-overrides`, each override explained |
 //!
 //! Maintainer scripts are those `dh_installsystemd --no-enable --no-start` would write, plus an
 //! `update-initramfs` trigger: the units are not enabled (the server refuses to start with an
@@ -116,6 +117,11 @@ pub fn build(options: &Options) -> Result<PathBuf> {
     tree.copy(
         &dist.join("README.md"),
         &format!("{doc}/README.boot.md"),
+        0o644,
+    )?;
+    tree.copy(
+        &dist.join("lintian-overrides"),
+        &format!("usr/share/lintian/overrides/{PACKAGE}"),
         0o644,
     )?;
     let changelog = tree.write(
@@ -402,7 +408,8 @@ exit 0
     )
 }
 
-/// `DEBIAN/postrm`: forgets the units' state on purge, as dh_installsystemd does.
+/// `DEBIAN/postrm`: forgets the units' state on purge, as dh_installsystemd does
+/// (deb-systemd-helper is in init-system-helpers, an essential package: no test for it).
 fn postrm() -> String {
     let units = units();
     format!(
@@ -412,10 +419,10 @@ set -e
 if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then
 \tsystemctl --system daemon-reload >/dev/null || true
 fi
-if [ \"$1\" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then
+if [ \"$1\" = remove ]; then
 \tdeb-systemd-helper mask {units} >/dev/null || true
 fi
-if [ \"$1\" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then
+if [ \"$1\" = purge ]; then
 \tdeb-systemd-helper purge {units} >/dev/null || true
 \tdeb-systemd-helper unmask {units} >/dev/null || true
 fi
@@ -435,7 +442,7 @@ Comment: The binary links Rust crates statically; their licences are all compati
  `cargo deny list` names every crate with its licence.
 
 Files: *
-Copyright: mkmodule developers
+Copyright: 2026 mkmodule developers
 License: GPL-2+
 
 License: GPL-2+

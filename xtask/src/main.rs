@@ -28,7 +28,7 @@ tasks:
           the Debian package target/debian/mkmodule_VERSION_ARCH.deb, built with dpkg-deb
           from the binary of PROFILE (release; built first) or PATH: binary, man pages,
           completions, systemd units, /etc/mkmodule/exports, initramfs-tools and dracut
-          integration (needs dpkg-dev, binutils)
+          integration (needs dpkg-dev, binutils); paths are relative to the workspace root
   demo    build a sample ext4 image, compress, inspect, verify and extract it, and read it
           with qemu-img and extract_compressed_fs
   bench-create [--runs N] [CORPUS_FILE...]
