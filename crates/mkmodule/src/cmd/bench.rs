@@ -25,9 +25,6 @@ pub struct Args {
     #[arg(value_name = "IMAGE")]
     pub input: PathBuf,
 
-    #[command(flatten)]
-    pub remote: crate::remote::RemoteArgs,
-
     /// Block sizes to sweep, comma separated (suffixes K, M).
     #[arg(short = 'B', long = "block-sizes", value_name = "LIST", default_value = DEFAULT_BLOCK_SIZES)]
     pub block_sizes: String,
@@ -101,6 +98,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub progress: ProgressArg,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 /// The `--codecs` help, with the codec list `create` itself gives.
