@@ -31,7 +31,7 @@ use mkmodule_pack::{choose_dialect, CodecChoice, FormatChoice, OptionsError};
 pub use measure::{CellResult, MeasureOptions, Phase};
 pub use report::{parse_duration, Audience, Recommendation, Report, SampleInfo};
 pub use sample::{plan_sample, run_len_for, SamplePlan, SampleSize};
-pub use sweep::{plan_cells, run, Event, SweepConfig};
+pub use sweep::{plan_cells, run, run_input, Event, SweepConfig};
 
 /// Default block sizes of a sweep.
 pub const DEFAULT_BLOCK_SIZES: &str = "16K,64K,128K,256K,1M";

@@ -86,7 +86,20 @@ pub fn run(
     if config.cells.is_empty() {
         return Err(BenchError::NoCells);
     }
-    let input = Input::open(input_path)?;
+    run_input(input_path, Input::open(input_path)?, config, on_event)
+}
+
+/// Runs the sweep over `input`, already opened (an image read from elsewhere than a local
+/// file, say); `input_path` names it in the report.
+pub fn run_input(
+    input_path: &Path,
+    input: Input,
+    config: &SweepConfig,
+    on_event: &dyn Fn(Event<'_>),
+) -> Result<Report, BenchError> {
+    if config.cells.is_empty() {
+        return Err(BenchError::NoCells);
+    }
     let full_len = input.len();
     if input.is_empty() {
         return Err(BenchError::EmptyInput {

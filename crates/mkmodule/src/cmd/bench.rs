@@ -21,7 +21,7 @@ use crate::units::{human_bytes, parse_size};
 #[command(after_long_help = after_help())]
 pub struct Args {
     /// The data to measure on: a filesystem or disk image (ext4, ISO, ...), or a cloop-family
-    /// image, whose decoded content is used.
+    /// image (a file or an http:// or https:// URL), whose decoded content is used.
     #[arg(value_name = "IMAGE")]
     pub input: PathBuf,
 
@@ -98,6 +98,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub progress: ProgressArg,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 /// The `--codecs` help, with the codec list `create` itself gives.
@@ -235,6 +238,7 @@ impl Plan {
 /// Runs `mkmodule bench`.
 pub fn run(args: Args) -> Result<()> {
     let input = args.input.clone();
+    let remote = args.remote.clone();
     let plan = Plan::from_args(args)?;
     let cells = Some(plan.config.cells.len() as u64);
     let bar = Progress::new(plan.progress, "bench", "sample", Unit::Combinations, cells);
@@ -291,7 +295,20 @@ pub fn run(args: Args) -> Result<()> {
             ));
         }
     };
-    let result = mkmodule_bench::run(&input, &plan.config, &on_event);
+    let result = match crate::open::url_of(&input) {
+        // An image URL: opened like every image, its decoded content is the input.
+        Some(_) => {
+            let options = mkmodule_image::OpenOptions {
+                exposed_size: mkmodule_image::ExposedSize::Original,
+                ..mkmodule_image::OpenOptions::default()
+            };
+            let image = crate::open::open_image(&input, &options, &remote)
+                .with_context(|| format!("opening {}", input.display()))?;
+            let opened = mkmodule_bench::input::Input::Image(Box::new(image));
+            mkmodule_bench::run_input(&input, opened, &plan.config, &on_event)
+        }
+        None => mkmodule_bench::run(&input, &plan.config, &on_event),
+    };
     let mut report = result?;
     bar.finish();
     report.recommend(plan.max_latency, plan.audience);

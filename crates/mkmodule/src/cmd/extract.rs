@@ -33,8 +33,6 @@ pub struct Args {
     ///
     /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
-    #[command(flatten)]
-    pub remote: crate::remote::RemoteArgs,
     /// Where to write the raw contents: a file, a device, or `-` for standard output.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -61,6 +59,9 @@ pub struct Args {
     /// Do not check what is written against the SHA-256 the trailer records.
     #[arg(long)]
     pub no_verify: bool,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 /// The SHA-256 of the content as it is written, compared at the end with the trailer's.

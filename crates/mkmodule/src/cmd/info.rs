@@ -18,14 +18,15 @@ pub struct Args {
     ///
     /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
-    #[command(flatten)]
-    pub remote: crate::remote::RemoteArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     /// Also list every block: file offset, compressed length, codec and kind.
     #[arg(long)]
     pub blocks: bool,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 /// Everything `info` reports; the JSON output is this structure.

@@ -32,8 +32,6 @@ pub struct Args {
     ///
     /// A file, or an http:// or https:// URL.
     pub image: PathBuf,
-    #[command(flatten)]
-    pub remote: crate::remote::RemoteArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +54,9 @@ pub struct Args {
     /// IMAGE.verity (written by `create --verity`), naming the first bad data block.
     #[arg(long)]
     pub verity: bool,
+
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
 }
 
 /// How many bytes checking `image` decodes or hashes, whichever is more: the blocks not known

@@ -66,9 +66,6 @@ pub struct Args {
     #[arg(value_name = "[NAME=]IMAGE")]
     exports: Vec<String>,
 
-    #[command(flatten)]
-    remote: crate::remote::RemoteArgs,
-
     /// Also serve the exports listed in FILE, one NAME=IMAGE (or IMAGE) per line; empty lines
     /// and lines starting with # are ignored, relative paths are relative to FILE's directory.
     /// They follow the command line's exports. SIGHUP re-reads FILE.
@@ -176,6 +173,9 @@ pub struct Args {
     /// of two from 4K to 1M.
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     cow_chunk_size: u64,
+
+    #[command(flatten)]
+    remote: crate::remote::RemoteArgs,
 }
 
 /// `--tls` values.
