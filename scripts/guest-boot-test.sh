@@ -73,6 +73,8 @@
 set -euo pipefail
 
 CACHE=/var/cache/mkmodule
+# shellcheck source=lib/guest-qemu.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/guest-qemu.sh"
 KDIR=${MKMODULE_GUEST_KERNEL_DIR:-$CACHE/guest-kernel}
 QEMU=${MKMODULE_GUEST_QEMU:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -217,22 +219,7 @@ nbd) [[ $TARGET =~ ^[][A-Za-z0-9.:_,-]+$ ]] || die "bad --nbd $TARGET" ;;
 esac
 
 # --- prerequisites ---------------------------------------------------------
-QEMU_DATA=()
-if [[ -z $QEMU ]]; then
-    if [[ -x $CACHE/guest-qemu/usr/bin/qemu-system-x86_64 ]]; then
-        QEMU=$CACHE/guest-qemu/usr/bin/qemu-system-x86_64
-    else
-        QEMU=$(command -v qemu-system-x86_64 || true)
-    fi
-fi
-[[ -n $QEMU && -x $QEMU ]] || missing "qemu-system-x86_64 not found"
-QROOT=$(dirname "$(dirname "$(dirname "$QEMU")")")
-for d in "$QROOT/usr/share/qemu" "$QROOT/usr/share/seabios"; do
-    [[ -d $d ]] && QEMU_DATA+=(-L "$d")
-done
-if [[ -d $QROOT/usr/lib/x86_64-linux-gnu/qemu ]]; then
-    export QEMU_MODULE_DIR=$QROOT/usr/lib/x86_64-linux-gnu/qemu
-fi
+guest_qemu_locate || missing "qemu-system-x86_64 not found"
 VMLINUZ=$(compgen -G "$KDIR/boot/vmlinuz-*" | sort | tail -1 || true)
 [[ -n $VMLINUZ ]] || missing "no kernel image $KDIR/boot/vmlinuz-*"
 KVER=${VMLINUZ##*/vmlinuz-}
@@ -262,18 +249,7 @@ WORK=$(mktemp -d /tmp/mkmodule-boot.XXXXXX)
 R=$WORK/initramfs
 TPID=
 cleanup() {
-    local qpid=
-    [[ -f $WORK/qemu.pid ]] && qpid=$(cat "$WORK/qemu.pid" 2>/dev/null || true)
-    if [[ -n $TPID ]] && kill -0 "$TPID" 2>/dev/null; then kill -TERM "$TPID" 2>/dev/null || true; fi
-    if [[ -n $qpid ]] && kill -0 "$qpid" 2>/dev/null; then
-        kill -TERM "$qpid" 2>/dev/null || true
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            kill -0 "$qpid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$qpid" 2>/dev/null || true
-    fi
-    if [[ -n $TPID ]]; then wait "$TPID" 2>/dev/null || true; fi
+    guest_qemu_stop "$TPID" "$WORK/qemu.pid"
     if ((KEEP)); then
         echo "guest-boot-test: work directory kept: $WORK" >&2
     else

@@ -21,6 +21,8 @@
 set -euo pipefail
 
 CACHE=${MKMODULE_GUEST_CACHE:-/var/cache/mkmodule}
+# shellcheck source=lib/guest-qemu.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/guest-qemu.sh"
 QEMU=${MKMODULE_GUEST_QEMU:-}
 IMAGES=
 INITRD=
@@ -58,41 +60,15 @@ VMLINUZ=$IMAGES/vmlinuz
 INITRD_FILE=$IMAGES/initrd-$INITRD.img
 [[ -r $VMLINUZ && -r $INITRD_FILE ]] || die "no $VMLINUZ or $INITRD_FILE (scripts/guest-distro-images.sh)"
 
-QEMU_DATA=()
-if [[ -z $QEMU ]]; then
-    if [[ -x $CACHE/guest-qemu/usr/bin/qemu-system-x86_64 ]]; then
-        QEMU=$CACHE/guest-qemu/usr/bin/qemu-system-x86_64
-    else
-        QEMU=$(command -v qemu-system-x86_64 || true)
-    fi
-fi
-[[ -n $QEMU && -x $QEMU ]] || {
+guest_qemu_locate || {
     echo "guest-distro-boot: qemu-system-x86_64 not found (scripts/install-guest-kernel.sh)" >&2
     exit 3
 }
-QROOT=$(dirname "$(dirname "$(dirname "$QEMU")")")
-for d in "$QROOT/usr/share/qemu" "$QROOT/usr/share/seabios"; do
-    [[ -d $d ]] && QEMU_DATA+=(-L "$d")
-done
-if [[ -d $QROOT/usr/lib/x86_64-linux-gnu/qemu ]]; then
-    export QEMU_MODULE_DIR=$QROOT/usr/lib/x86_64-linux-gnu/qemu
-fi
 
 WORK=$(mktemp -d /tmp/mkmodule-distro-boot.XXXXXX)
 TPID=
 cleanup() {
-    local qpid=
-    [[ -f $WORK/qemu.pid ]] && qpid=$(cat "$WORK/qemu.pid" 2>/dev/null || true)
-    if [[ -n $TPID ]] && kill -0 "$TPID" 2>/dev/null; then kill -TERM "$TPID" 2>/dev/null || true; fi
-    if [[ -n $qpid ]] && kill -0 "$qpid" 2>/dev/null; then
-        kill -TERM "$qpid" 2>/dev/null || true
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            kill -0 "$qpid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$qpid" 2>/dev/null || true
-    fi
-    if [[ -n $TPID ]]; then wait "$TPID" 2>/dev/null || true; fi
+    guest_qemu_stop "$TPID" "$WORK/qemu.pid"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
