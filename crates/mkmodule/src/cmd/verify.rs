@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use mkmodule_blockdev::{chain_text, ErrorKind};
 use mkmodule_format::{block_digest, BlockDigest, DigestAlgorithm};
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
@@ -157,6 +157,17 @@ pub fn run(args: Args) -> Result<()> {
         readahead: 0,
         ..OpenOptions::default()
     };
+    if args.verity {
+        let hash_file = mkmodule_pack::verity::hash_file_path(&args.image);
+        if !hash_file.exists() {
+            bail!(
+                "{} has no hash tree to check: {} does not exist (it is written by `mkmodule \
+                 create --verity`)",
+                args.image.display(),
+                hash_file.display()
+            );
+        }
+    }
     match crate::open::open_image(&args.image, &options, &args.remote) {
         Ok(image) => {
             check_work(

@@ -228,6 +228,22 @@ fn verify_recomputes_the_tree_and_names_the_first_bad_data_block() {
     );
 }
 
+#[test]
+fn verify_without_a_hash_file_is_an_error_not_damage() {
+    let dir = tempdir();
+    let d = dir.path();
+    put(d, "input", &mixed(100_000));
+    ok(d, &["create", "input", "-o", "image", "-q"], None);
+    let out = crate::common_create::run_in(d, &["verify", "--verity", "image", "-q"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "mkmodule: image has no hash tree to check: image.verity does not exist (it is written \
+         by `mkmodule create --verity`)"
+    );
+}
+
 /// `serve` exports the hash tree beside the image as `NAME.verity`; what a client copies from
 /// the two exports is a data and hash device pair that `veritysetup verify` accepts.
 #[test]
