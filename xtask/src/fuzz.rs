@@ -83,6 +83,11 @@ const TARGETS: &[Target] = &[
         max_len: 4096,
         dict: None,
     },
+    Target {
+        name: "connect_handshake",
+        max_len: 64 << 10,
+        dict: Some("nbd.dict"),
+    },
 ];
 
 /// Seconds one input may take before libFuzzer calls it a hang.
@@ -526,6 +531,16 @@ pub fn seeds() -> Result<()> {
         put("verity_superblock", name, &file)?;
     }
 
+    // connect_handshake: what a server sends `mkmodule connect`: the greeting, replies to
+    // NBD_OPT_GO, then simple replies to the identity probe's reads (cookies 1, 2, ...).
+    for (name, size, infos) in [
+        ("one-sample", 4096u64, false),
+        ("two-samples-with-infos", 8192, true),
+        ("sixteen-samples", 1 << 20, false),
+    ] {
+        put("connect_handshake", name, &server_transcript(size, infos))?;
+    }
+
     println!("fuzz-seeds: wrote {written} seeds ({bytes} bytes) under fuzz/corpus/");
     Ok(())
 }
@@ -670,4 +685,45 @@ fn nbd_sessions() -> Vec<(&'static str, u8, Vec<u8>)> {
         ("haggle", 4, haggle),
         ("default-export", 1, default_export),
     ]
+}
+
+/// A well-behaved server's side of `mkmodule connect`'s handshake and identity probe for an
+/// export of `size` bytes (a multiple of 4096, at most 16 samples), with the block-size and
+/// description information when `infos`.
+fn server_transcript(size: u64, infos: bool) -> Vec<u8> {
+    use mkmodule_nbd::proto;
+    let mut out = Vec::new();
+    out.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
+    out.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+    out.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
+    let mut reply = |kind: u32, payload: &[u8]| {
+        out.extend_from_slice(&proto::OPT_REPLY_MAGIC.to_be_bytes());
+        out.extend_from_slice(&proto::OPT_GO.to_be_bytes());
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    };
+    let mut export = proto::INFO_EXPORT.to_be_bytes().to_vec();
+    export.extend_from_slice(&size.to_be_bytes());
+    export.extend_from_slice(&1u16.to_be_bytes());
+    reply(proto::REP_INFO, &export);
+    if infos {
+        let mut sizes = proto::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+        for value in [512u32, 4096, 32 << 20] {
+            sizes.extend_from_slice(&value.to_be_bytes());
+        }
+        reply(proto::REP_INFO, &sizes);
+        let mut description = proto::INFO_DESCRIPTION.to_be_bytes().to_vec();
+        description.extend_from_slice(b"root.img");
+        reply(proto::REP_INFO, &description);
+    }
+    reply(proto::REP_ACK, &[]);
+    let samples = (size / 4096).clamp(1, 16);
+    for cookie in 1..=samples {
+        out.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&cookie.to_be_bytes());
+        out.extend(std::iter::repeat_n(cookie as u8, 4096));
+    }
+    out
 }
