@@ -43,14 +43,15 @@ pub(crate) fn prepare<'a>(
     Ok(reuse)
 }
 
-/// The warning for a block of the older image that had the digest but not the bytes.
+/// The warning for a block of the older image that had the digest but whose bytes did not
+/// check out.
 pub(crate) fn warn_rejected(block: u64, old_block: u32, old: Option<&Path>) {
     let old = old.map_or_else(
         || "the older image".to_string(),
         |p| p.display().to_string(),
     );
     eprintln!(
-        "mkmodule: warning: block {old_block} of {old} does not decode to the new block {block} \
+        "mkmodule: warning: block {old_block} of {old} does not match the new block {block} \
          (damaged, or another block with the same digest): compressed it instead"
     );
 }
