@@ -274,7 +274,8 @@ fn verify_checks_blocks_against_the_digest_table() {
     );
     let text = String::from_utf8(ok(dir.path(), &["verify", "a.img"], None)).unwrap();
     assert!(
-        text.contains("block-digest table: 12 entries (ok)"),
+        text.contains("block-digest table: 12 entries (ok)")
+            && text.contains("stored-check table: 12 entries (ok)"),
         "{text}"
     );
     let path = dir.path().join("a.img");
@@ -328,5 +329,20 @@ fn verify_checks_blocks_against_the_digest_table() {
     assert!(
         stderr.contains("a.img is damaged") && stderr.contains("block-digest table"),
         "{stderr}"
+    );
+
+    // One stored check changed: that table's checksum fails.
+    let checks = info["stored_checks"]["offset"].as_u64().unwrap() as usize;
+    assert_eq!(checks + 12 * 4, at);
+    let mut bytes = good.clone();
+    bytes[checks + 4 * 5] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run_in(dir.path(), &["verify", "a.img"], None);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stored-check table: UNUSABLE"), "{stdout}");
+    assert!(
+        stdout.contains("block-digest table: 12 entries (ok)"),
+        "{stdout}"
     );
 }
