@@ -139,6 +139,7 @@ pub struct Reuse<'a> {
     from_table: bool,
     table_problem: Option<ImageError>,
     checks: Checks,
+    checks_problem: Option<ImageError>,
 }
 
 impl std::fmt::Debug for Reuse<'_> {
@@ -177,10 +178,11 @@ impl<'a> Reuse<'a> {
             }
         }
         // A damaged stored-check table is not trusted: the blocks are decoded instead.
-        let checks = match (from_table, old.stored_checks()) {
-            (false, _) => Checks::Decoded,
-            (true, Ok(Some(checks))) => Checks::Stored(checks),
-            (true, _) => Checks::Decode,
+        let (checks, checks_problem) = match (from_table, old.stored_checks()) {
+            (false, _) => (Checks::Decoded, None),
+            (true, Ok(Some(checks))) => (Checks::Stored(checks), None),
+            (true, Ok(None)) => (Checks::Decode, None),
+            (true, Err(problem)) => (Checks::Decode, Some(problem)),
         };
         Ok(Reuse {
             old,
@@ -188,6 +190,7 @@ impl<'a> Reuse<'a> {
             from_table,
             table_problem,
             checks,
+            checks_problem,
         })
     }
 
@@ -200,6 +203,12 @@ impl<'a> Reuse<'a> {
                 ..self
             },
         }
+    }
+
+    /// What is wrong with OLD's stored-check table, when it has one that was not used (its
+    /// blocks are then decoded before they are copied).
+    pub fn checks_problem(&self) -> Option<&ImageError> {
+        self.checks_problem.as_ref()
     }
 
     /// Whether blocks are checked against OLD's stored checks (else they are decoded, or were

@@ -171,6 +171,29 @@ fn without_stored_checks(mut image: Vec<u8>) -> Vec<u8> {
     image
 }
 
+/// A damaged stored-check table is reported and not used: the blocks are decoded instead.
+#[test]
+fn a_damaged_stored_check_table_is_not_trusted() {
+    let data = sample(10, BS, 3);
+    let plan = plan(Dialect::LinuxV2, "zlib", false, data.len());
+    let (mut image, _, _) = pack_bytes(&data, &plan, None);
+    let checks = open(image.clone())
+        .trailer()
+        .unwrap()
+        .extension
+        .stored_checks
+        .unwrap();
+    image[checks.offset as usize + 5] ^= 1;
+    let old = open(image);
+    let reuse = Reuse::new(&old, &plan, 1).unwrap();
+    assert!(!reuse.stored_checks());
+    let problem = reuse.checks_problem().unwrap().to_string();
+    assert!(problem.contains("stored-check table"), "{problem}");
+    let (again, summary, _) = pack_bytes(&data, &plan, Some(&reuse));
+    assert!(again == pack_bytes(&data, &plan, None).0);
+    assert!(summary.reused_blocks > 0);
+}
+
 /// An older image without stored checks, damaged: its blocks are decoded before they are copied
 /// (also with the default check), so the damaged one is compressed again.
 #[test]

@@ -40,6 +40,12 @@ pub(crate) fn prepare<'a>(
             path.display()
         );
     }
+    if let Some(problem) = reuse.checks_problem() {
+        eprintln!(
+            "mkmodule: warning: {}: {problem}; its blocks are decoded before they are copied",
+            path.display()
+        );
+    }
     Ok(reuse)
 }
 
