@@ -407,6 +407,7 @@ pub fn seeds() -> Result<()> {
                 level: 19,
             }),
             digest_table: Some(DigestTableRef::for_table(1024 - 136 - 32, &table)),
+            stored_checks: None,
         },
     };
     let mut seed = 1024u64.to_le_bytes().to_vec();

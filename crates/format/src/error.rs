@@ -249,6 +249,32 @@ pub enum FormatError {
         /// CRC32 of the table's bytes.
         computed: u32,
     },
+    /// The stored-check table a trailer describes does not have one entry per block, or does
+    /// not start after the end of data.
+    #[error(
+        "the stored-check table at offset {offset} ({entries} entries) does not fit the image: \
+         {num_blocks} blocks, data end {data_end}"
+    )]
+    StoredChecksMisplaced {
+        /// File offset of the table (just before the block-digest table).
+        offset: u64,
+        /// Entries recorded for the table.
+        entries: u32,
+        /// Blocks in the image.
+        num_blocks: u32,
+        /// `index[n]`.
+        data_end: u64,
+    },
+    /// The stored-check table's bytes do not match the checksum in the trailer.
+    #[error("the stored-check table at offset {offset} is corrupt: CRC32 {stored:#010x} recorded, {computed:#010x} computed")]
+    StoredChecksCorrupt {
+        /// File offset of the table.
+        offset: u64,
+        /// CRC32 recorded in the trailer.
+        stored: u32,
+        /// CRC32 of the table's bytes.
+        computed: u32,
+    },
     /// A trailer of a newer, unknown layout.
     #[error("mkmodule trailer layout {version} is newer than this build understands (1)")]
     TrailerVersion {
@@ -293,7 +319,9 @@ impl FormatError {
             | FormatError::IndexEndBeforeLastBlock { .. }
             | FormatError::TrailerCorrupt { .. }
             | FormatError::DigestTableMisplaced { .. }
-            | FormatError::DigestTableCorrupt { .. } => ErrorKind::Corrupt,
+            | FormatError::DigestTableCorrupt { .. }
+            | FormatError::StoredChecksMisplaced { .. }
+            | FormatError::StoredChecksCorrupt { .. } => ErrorKind::Corrupt,
         }
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod index;
 mod layout;
 mod profile;
+mod stored_check;
 mod trailer;
 mod writing;
 
@@ -38,6 +39,7 @@ pub use layout::{
     MIN_BLOCK_SIZE, OFFSET_MASK,
 };
 pub use profile::{Profile, PORTABLE};
+pub use stored_check::{stored_check, StoredChecksRef, STORED_CHECK_LEN};
 pub use trailer::{DigestAlgorithm, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).

@@ -30,9 +30,14 @@
 //! | 56 | 8 | table offset |
 //! | 64 | 4 | table entries (the block count) |
 //! | 68 | 4 | CRC32 of the table |
-//! | 72 | 12 | zero |
+//! | 72 | 1 | stored-check table algorithm (0 none, 1 CRC32 of each block's stored bytes) |
+//! | 73 | 1 | bytes per stored check (4) |
+//! | 74 | 2 | zero |
+//! | 76 | 4 | CRC32 of the stored-check table (which ends where the block-digest table starts) |
+//! | 80 | 4 | zero |
 
 use crate::block_digest::{BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN, TABLE_SHA256_128};
+use crate::stored_check::{StoredChecksRef, CHECK_CRC32, STORED_CHECK_LEN};
 use crate::FormatError;
 
 /// Length of the trailer.
@@ -46,14 +51,18 @@ const EXTENSION_AT: usize = 52;
 /// The longest digest that leaves the extension room.
 const MAX_DIGEST_WITH_EXTENSION: usize = EXTENSION_AT - 20;
 
-/// What a trailer records beyond the input: the encoder of the blocks and the block-digest
-/// table (docs/FORMAT.md §12.4). Empty in trailers of earlier mkmodule releases.
+/// What a trailer records beyond the input: the encoder of the blocks, the block-digest table
+/// and the stored-check table (docs/FORMAT.md §12.4). Empty in trailers of earlier mkmodule
+/// releases; without the stored-check table in those of the releases before it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrailerExtension {
     /// How the blocks were compressed.
     pub encoding: Option<BlockEncoding>,
     /// The block-digest table, when written.
     pub digest_table: Option<DigestTableRef>,
+    /// The stored-check table, when written (only ever with a block-digest table, right before
+    /// it).
+    pub stored_checks: Option<StoredChecksRef>,
 }
 
 impl TrailerExtension {
@@ -64,6 +73,11 @@ impl TrailerExtension {
             out[4..12].copy_from_slice(&table.offset.to_be_bytes());
             out[12..16].copy_from_slice(&table.entries.to_be_bytes());
             out[16..20].copy_from_slice(&table.crc.to_be_bytes());
+            if let Some(checks) = &self.stored_checks {
+                out[20] = CHECK_CRC32;
+                out[21] = STORED_CHECK_LEN as u8;
+                out[24..28].copy_from_slice(&checks.crc.to_be_bytes());
+            }
         }
         if let Some(encoding) = self.encoding {
             (out[2], out[3]) = encoding.code();
@@ -71,7 +85,8 @@ impl TrailerExtension {
     }
 
     /// Reads the extension; a table of an unknown algorithm or entry size is left out (a later
-    /// release's table: this one cannot use it).
+    /// release's table: this one cannot use it), and so is a stored-check table without a
+    /// block-digest table to place it.
     fn decode(bytes: &[u8]) -> TrailerExtension {
         let be32 = |at: usize| {
             u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
@@ -86,9 +101,14 @@ impl TrailerExtension {
                 crc: be32(16),
             }
         });
+        let checks_known = bytes[20] == CHECK_CRC32 && usize::from(bytes[21]) == STORED_CHECK_LEN;
+        let stored_checks = digest_table
+            .filter(|_| checks_known)
+            .map(|table| StoredChecksRef::before(table.offset, table.entries, be32(24)));
         TrailerExtension {
             encoding: BlockEncoding::from_code(bytes[2], bytes[3]),
             digest_table,
+            stored_checks,
         }
     }
 }
@@ -269,6 +289,11 @@ mod tests {
                     entries: 3,
                     crc: 0xdead_beef,
                 }),
+                stored_checks: Some(StoredChecksRef {
+                    offset: 7000 - 12,
+                    entries: 3,
+                    crc: 0x1234_5678,
+                }),
             },
             ..sample()
         }
@@ -282,7 +307,41 @@ mod tests {
         assert_eq!(&bytes[56..64], &7000u64.to_be_bytes());
         assert_eq!(&bytes[64..68], &3u32.to_be_bytes());
         assert_eq!(&bytes[68..72], &0xdead_beefu32.to_be_bytes());
-        assert!(bytes[72..84].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[72..76], &[1, 4, 0, 0]);
+        assert_eq!(&bytes[76..80], &0x1234_5678u32.to_be_bytes());
+        assert!(bytes[80..84].iter().all(|&b| b == 0));
+    }
+
+    /// A reader of the extension before the stored-check table read bytes 52..72 only: they
+    /// are the same with and without it.
+    #[test]
+    fn the_stored_checks_leave_the_earlier_extension_alone() {
+        let without = Trailer {
+            extension: TrailerExtension {
+                stored_checks: None,
+                ..extended().extension
+            },
+            ..sample()
+        };
+        let (old, new) = (without.encode(), extended().encode());
+        assert_eq!(old[..72], new[..72]);
+        assert_eq!(old[84..CRC_AT], new[84..CRC_AT]);
+        assert!(old[72..84].iter().all(|&b| b == 0));
+        assert_eq!(Trailer::find(&old, 8192).unwrap(), Some(without));
+    }
+
+    #[test]
+    fn unknown_stored_checks_are_left_out() {
+        let mut bytes = extended().encode();
+        bytes[73] = 8;
+        let crc = crc32fast::hash(&bytes[..CRC_AT]);
+        bytes[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        let found = Trailer::find(&bytes, 8192).unwrap().unwrap();
+        assert_eq!(found.extension.stored_checks, None);
+        assert_eq!(
+            found.extension.digest_table,
+            extended().extension.digest_table
+        );
     }
 
     /// What a reader of the first layout does: it reads fields at fixed places and never looks

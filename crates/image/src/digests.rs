@@ -1,6 +1,7 @@
 //! Per-block digests of an image (docs/FORMAT.md §12.4): read from mkmodule's block-digest
-//! table when the trailer has a valid one, computed by decoding every block otherwise; and the
-//! compressed bytes of one block, as stored.
+//! table when the trailer has a valid one, computed by decoding every block otherwise; the
+//! stored checks of the blocks' compressed bytes; and the compressed bytes of one block, as
+//! stored.
 
 use mkmodule_format::{block_digest, BlockDigest, BlockEntry, BlockKind, FormatError};
 
@@ -61,6 +62,42 @@ impl Image {
                 source,
             })?;
         Ok(Some(table.parse(&bytes)?))
+    }
+
+    /// The stored-check table of the trailer (docs/FORMAT.md §12.4), checked: `Ok(None)` when
+    /// the image has none (no usable trailer, or one written before the table existed), an
+    /// error when it is misplaced, unreadable, or does not match its checksum. Reads
+    /// `4 × blocks` bytes. The block-digest table it sits before is not read here.
+    pub fn stored_checks(&self) -> Result<Option<Vec<u32>>, ImageError> {
+        if self.trailer_problem().is_some() {
+            return Ok(None);
+        }
+        let Some(checks) = self.trailer().and_then(|t| t.extension.stored_checks) else {
+            return Ok(None);
+        };
+        checks.check_place(self.index().data_end(), self.num_blocks())?;
+        // It ends where the block-digest table starts, whose place is checked: within the file.
+        let len = usize::try_from(checks.len()).map_err(|_| {
+            ImageError::Format(FormatError::StoredChecksMisplaced {
+                offset: checks.offset,
+                entries: checks.entries,
+                num_blocks: self.num_blocks(),
+                data_end: self.index().data_end(),
+            })
+        })?;
+        if let Some(table) = self.trailer().and_then(|t| t.extension.digest_table) {
+            table.check_place(self.index().data_end(), self.num_blocks(), self.file_len())?;
+        }
+        let mut bytes = vec![0u8; len];
+        self.core
+            .source
+            .read_exact_at(&mut bytes, checks.offset)
+            .map_err(|source| ImageError::Io {
+                offset: checks.offset,
+                len: checks.len(),
+                source,
+            })?;
+        Ok(Some(checks.parse(&bytes)?))
     }
 
     /// The digest of every block: from the block-digest table when it is valid, otherwise

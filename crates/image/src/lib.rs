@@ -43,6 +43,7 @@
 //!   [`Image::par_blocks_ordered`] decode every block on several threads.
 
 mod cache;
+mod copy_check;
 mod decode;
 mod device;
 mod digests;
@@ -58,6 +59,7 @@ mod source;
 mod zero_map;
 
 pub use cache::{Block, CacheStats};
+pub use copy_check::{CopyCheck, Wanted};
 pub use device::ImageDevice;
 pub use digests::{BlockDigests, DigestOrigin};
 pub use error::ImageError;

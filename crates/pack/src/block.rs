@@ -1,7 +1,7 @@
 //! What travels between the conveyor's stages: a block's buffers, what a compressor made of
 //! it, its dedup key, and the compressed all-zero block computed once per image.
 
-use mkmodule_format::BlockDigest;
+use mkmodule_format::{stored_check, BlockDigest};
 use sha2::{Digest, Sha256};
 
 use crate::encode::{BlockEncoder, Encoding};
@@ -41,6 +41,9 @@ pub(crate) struct Done {
     pub key: Option<DedupKey>,
     /// Digest of the uncompressed block (with a digest table or reuse).
     pub digest: Option<BlockDigest>,
+    /// The stored check (CRC32) of the compressed bytes (0 for an all-zero block: the writer
+    /// knows its bytes).
+    pub stored_check: u32,
     /// Whether the bytes were copied from an older image.
     pub reused: Reused,
     /// The buffers; the output holds the compressed bytes.
@@ -73,6 +76,8 @@ pub(crate) struct ZeroBlock {
     pub encoding: Encoding,
     /// Their dedup key.
     pub key: Option<DedupKey>,
+    /// Their stored check.
+    pub check: u32,
 }
 
 /// The dedup key of compressed bytes.
@@ -102,9 +107,11 @@ pub(crate) fn zero_block(plan: &Plan) -> Result<ZeroBlock, PackError> {
             source,
         })?;
     let key = plan.dedup.then(|| dedup_key(&bytes));
+    let check = stored_check(&bytes);
     Ok(ZeroBlock {
         bytes,
         encoding,
         key,
+        check,
     })
 }

@@ -21,14 +21,15 @@ use std::thread;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use mkmodule_blockdev::is_zero;
-use mkmodule_format::block_digest;
+use mkmodule_format::{block_digest, stored_check};
+use mkmodule_image::CopyCheck;
 use sha2::{Digest, Sha256};
 
 use crate::block::{dedup_key, Done, Encoded, Reused, Slot};
 use crate::encode::{BlockEncoder, Encoding};
 use crate::error::PackError;
 use crate::options::Plan;
-use crate::reuse::{Checker, Fetch, Reuse};
+use crate::reuse::{Fetch, Reuse};
 use crate::verity::leaf_digests;
 
 /// A block to compress.
@@ -298,7 +299,7 @@ fn compress_blocks(
     let bs = plan.block_size as usize;
     let digests = plan.trailer || reuse.is_some();
     let zero_digest = block_digest(&[], plan.block_size);
-    let mut checker = reuse.map(|_| Checker::new(plan.block_size));
+    let mut checker = reuse.map(|_| CopyCheck::new(plan.block_size));
     for job in jobs {
         let Job {
             block,
@@ -319,6 +320,7 @@ fn compress_blocks(
             (true, false) => Some(block_digest(data, plan.block_size)),
         };
         let mut reused = Reused::No;
+        let mut check = None;
         let encoded = if zero {
             Ok(Encoded::Zero)
         } else {
@@ -330,8 +332,12 @@ fn compress_blocks(
                 _ => Fetch::Miss,
             };
             match fetched {
-                Fetch::Copied(codec) => {
+                Fetch::Copied {
+                    codec,
+                    check: known,
+                } => {
                     reused = Reused::Copied;
+                    check = Some(known);
                     // The encoder flags a block whose output is not smaller than its input, and
                     // its fallback never makes one smaller: the same test on the copy agrees.
                     Ok(Encoded::Data(Encoding {
@@ -361,6 +367,12 @@ fn compress_blocks(
             key: match encoded {
                 Encoded::Data(_) if plan.dedup => Some(dedup_key(&slot.output)),
                 _ => None,
+            },
+            // The check of an all-zero block is the writer's: it knows which bytes it uses.
+            stored_check: match (encoded, check) {
+                (Encoded::Data(_), Some(known)) => known,
+                (Encoded::Data(_), None) if plan.trailer => stored_check(&slot.output),
+                _ => 0,
             },
             encoded,
             digest,

@@ -12,22 +12,24 @@
 //! bytes as for a compressed block, so the image is byte-identical to one written without
 //! reuse.
 //!
-//! Digests are short, and OLD may be damaged. With [`ReuseCheck::Decode`], OLD's bytes are
-//! decoded and compared with the new block before they are copied: a mismatch (or an unreadable
-//! block) means the block is compressed after all, and the writer reports it. With
-//! [`ReuseCheck::Table`] (the default) a block is copied on its digest alone when the digests
-//! come from OLD's block-digest table, whose checksum was checked, or from decoding OLD just
-//! before: damage to OLD's compressed bytes behind a valid table is then not noticed here
-//! (`verify OLD` finds it).
+//! Digests are short, and OLD may be damaged, so every block is checked before it is copied,
+//! through [`CopyCheck::accepts`] as in every other copier. With [`ReuseCheck::Table`] (the
+//! default), OLD's digests come from its block-digest table and the compressed bytes are checked
+//! against OLD's stored-check table (a CRC32 of each block's bytes, docs/FORMAT.md §12.4); an OLD
+//! written before that table has its blocks decoded and compared instead, and an OLD without a
+//! digest table has them decoded once to compute the digests, which checks them. With
+//! [`ReuseCheck::Decode`], OLD's bytes are always decoded and compared with the new block. A
+//! mismatch (damage, or two blocks with the same 16-byte digest) or an unreadable block means the
+//! block is compressed after all, and the writer reports it.
 //!
 //! Memory: one map entry (digest and block number) per distinct block of OLD.
 
 use std::collections::HashMap;
 
 use mkmodule_blockdev::{is_zero, ErrorKind};
-use mkmodule_codec::{BlockDecompressor, CodecKind};
-use mkmodule_format::{BlockDigest, BlockEncoding, BlockKind, Dialect};
-use mkmodule_image::{DigestOrigin, Image, ImageError};
+use mkmodule_codec::CodecKind;
+use mkmodule_format::{stored_check, BlockDigest, BlockEncoding, BlockKind, Dialect};
+use mkmodule_image::{CopyCheck, DigestOrigin, Image, ImageError, Wanted};
 
 use crate::encode::BlockEncoder;
 use crate::options::Plan;
@@ -89,8 +91,10 @@ impl ReuseError {
 /// How much a block of OLD is checked before it is copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ReuseCheck {
-    /// Copied when its digest matches: the digests come from OLD's checked table or from
-    /// decoding OLD.
+    /// Copied when its digest matches and its compressed bytes match OLD's stored check (OLD's
+    /// tables are checked by their CRC32s); decoded and compared, as with [`Self::Decode`], when
+    /// OLD has no stored checks; copied on the digest alone when the digests were just computed
+    /// by decoding OLD.
     #[default]
     Table,
     /// Also decoded and compared with the new block before it is copied.
@@ -102,8 +106,13 @@ pub enum ReuseCheck {
 pub(crate) enum Fetch {
     /// No block of OLD has this digest.
     Miss,
-    /// OLD's bytes were copied into the output buffer; they are of this codec.
-    Copied(CodecKind),
+    /// OLD's bytes were copied into the output buffer.
+    Copied {
+        /// Their codec.
+        codec: CodecKind,
+        /// Their stored check.
+        check: u32,
+    },
     /// OLD's block `old_block` has the digest but not the bytes (damage or a collision), or
     /// could not be read: compress the block.
     Rejected {
@@ -112,29 +121,15 @@ pub(crate) enum Fetch {
     },
 }
 
-/// One compressor thread's decoder for checking OLD's blocks.
-pub(crate) struct Checker {
-    decompressor: BlockDecompressor,
-    decoded: Vec<u8>,
-}
-
-impl Checker {
-    /// A checker for blocks of `block_size` bytes.
-    pub fn new(block_size: u32) -> Checker {
-        Checker {
-            decompressor: BlockDecompressor::new(),
-            decoded: vec![0; block_size as usize],
-        }
-    }
-
-    /// Whether `bytes` of `codec` decode to exactly `expected`.
-    fn decodes_to(&mut self, codec: CodecKind, bytes: &[u8], expected: &[u8]) -> bool {
-        let out = &mut self.decoded[..expected.len()];
-        self.decompressor
-            .decompress_exact(codec, bytes, out)
-            .is_ok()
-            && out == expected
-    }
+/// How the bytes of a block of OLD are checked before they are copied.
+#[derive(Debug)]
+enum Checks {
+    /// Against OLD's stored-check table.
+    Stored(Vec<u32>),
+    /// By decoding them.
+    Decode,
+    /// Not at all: OLD's digests were computed by decoding these very bytes.
+    Decoded,
 }
 
 /// The blocks of an older image that the image being written may copy.
@@ -143,7 +138,8 @@ pub struct Reuse<'a> {
     by_digest: HashMap<BlockDigest, u32>,
     from_table: bool,
     table_problem: Option<ImageError>,
-    check: ReuseCheck,
+    checks: Checks,
+    checks_problem: Option<ImageError>,
 }
 
 impl std::fmt::Debug for Reuse<'_> {
@@ -181,18 +177,44 @@ impl<'a> Reuse<'a> {
                 by_digest.entry(digest).or_insert(block as u32);
             }
         }
+        // A damaged stored-check table is not trusted: the blocks are decoded instead.
+        let (checks, checks_problem) = match (from_table, old.stored_checks()) {
+            (false, _) => (Checks::Decoded, None),
+            (true, Ok(Some(checks))) => (Checks::Stored(checks), None),
+            (true, Ok(None)) => (Checks::Decode, None),
+            (true, Err(problem)) => (Checks::Decode, Some(problem)),
+        };
         Ok(Reuse {
             old,
             by_digest,
             from_table,
             table_problem,
-            check: ReuseCheck::default(),
+            checks,
+            checks_problem,
         })
     }
 
     /// The same, checking blocks as `check` says before they are copied.
     pub fn with_check(self, check: ReuseCheck) -> Reuse<'a> {
-        Reuse { check, ..self }
+        match check {
+            ReuseCheck::Table => self,
+            ReuseCheck::Decode => Reuse {
+                checks: Checks::Decode,
+                ..self
+            },
+        }
+    }
+
+    /// What is wrong with OLD's stored-check table, when it has one that was not used (its
+    /// blocks are then decoded before they are copied).
+    pub fn checks_problem(&self) -> Option<&ImageError> {
+        self.checks_problem.as_ref()
+    }
+
+    /// Whether blocks are checked against OLD's stored checks (else they are decoded, or were
+    /// decoded already to compute OLD's digests).
+    pub fn stored_checks(&self) -> bool {
+        matches!(self.checks, Checks::Stored(_))
     }
 
     /// The older image.
@@ -217,25 +239,39 @@ impl<'a> Reuse<'a> {
     }
 
     /// Copies OLD's compressed bytes for a whole block `data` of digest `digest` into `out`,
-    /// after checking that they decode to `data` when the check is [`ReuseCheck::Decode`].
+    /// once [`CopyCheck::accepts`] them.
     pub(crate) fn fetch(
         &self,
         digest: &BlockDigest,
         data: &[u8],
         out: &mut Vec<u8>,
-        checker: &mut Checker,
+        checker: &mut CopyCheck,
     ) -> Fetch {
         let Some(&old_block) = self.by_digest.get(digest) else {
             return Fetch::Miss;
         };
-        let decode = self.check == ReuseCheck::Decode;
-        match self.old.compressed_block(old_block, out) {
-            Ok(entry)
-                if !out.is_empty() && (!decode || checker.decodes_to(entry.codec, out, data)) =>
-            {
-                Fetch::Copied(entry.codec)
+        let Ok(entry) = self.old.compressed_block(old_block, out) else {
+            return Fetch::Rejected { old_block };
+        };
+        let stored = match &self.checks {
+            Checks::Stored(checks) => checks.get(old_block as usize).copied(),
+            Checks::Decode => None,
+            Checks::Decoded => {
+                return match out.is_empty() {
+                    true => Fetch::Rejected { old_block },
+                    false => Fetch::Copied {
+                        codec: entry.codec,
+                        check: stored_check(out),
+                    },
+                }
             }
-            _ => Fetch::Rejected { old_block },
+        };
+        if !checker.accepts(entry.codec, out, stored, Wanted::Data(data)) {
+            return Fetch::Rejected { old_block };
+        }
+        Fetch::Copied {
+            codec: entry.codec,
+            check: stored.unwrap_or_else(|| stored_check(out)),
         }
     }
 }
@@ -300,7 +336,7 @@ fn probe(old: &Image, plan: &Plan) -> Result<(), u32> {
         return Ok(());
     };
     let bs = plan.block_size as usize;
-    let mut checker = Checker::new(plan.block_size);
+    let mut checker = CopyCheck::new(plan.block_size);
     let (mut stored, mut again, mut decoded) = (Vec::new(), Vec::new(), vec![0u8; bs]);
     let short_final = plan.dialect.spec().short_final_block;
     let candidates = (0..old.num_blocks()).filter(|&block| {
@@ -316,7 +352,7 @@ fn probe(old: &Image, plan: &Plan) -> Result<(), u32> {
             continue;
         };
         let Ok(()) = checker
-            .decompressor
+            .decompressor()
             .decompress_exact(entry.codec, &stored, &mut decoded)
         else {
             continue;

@@ -5,8 +5,8 @@
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
 use mkmodule_format::{
-    header_first_data_start, is_header_first, DigestAlgorithm, DigestTableRef, Header, Trailer,
-    TrailerExtension, HEADER_LEN, PREAMBLE_LEN,
+    header_first_data_start, is_header_first, DigestAlgorithm, DigestTableRef, Header,
+    StoredChecksRef, Trailer, TrailerExtension, HEADER_LEN, PREAMBLE_LEN,
 };
 
 use crate::block::Reused;
@@ -284,9 +284,11 @@ fn write_tail<W: Write + ?Sized>(
         write(&vec![0; padding as usize])?;
         return Ok(data_end + padding);
     }
-    let table = builder.digest_table();
-    let padding = Trailer::padding_before(data_end + table.len() as u64);
-    let table_at = data_end + padding;
+    let (checks, table) = (builder.stored_checks(), builder.digest_table());
+    let tables_len = (checks.len() + table.len()) as u64;
+    let padding = Trailer::padding_before(data_end + tables_len);
+    let checks_at = data_end + padding;
+    let table_at = checks_at + checks.len() as u64;
     let trailer = Trailer {
         original_len: stats.len,
         digest_algorithm: DigestAlgorithm::Sha256,
@@ -296,9 +298,11 @@ fn write_tail<W: Write + ?Sized>(
         extension: TrailerExtension {
             encoding: Some(plan.encoding),
             digest_table: Some(DigestTableRef::for_table(table_at, table)),
+            stored_checks: Some(StoredChecksRef::for_table(checks_at, checks)),
         },
     };
     write(&vec![0; padding as usize])?;
+    write(checks)?;
     write(table)?;
     let trailer = trailer.encode();
     write(&trailer)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use mkmodule_codec::CodecKind;
-use mkmodule_format::{encode_entry, IndexEntry, OFFSET_MASK};
+use mkmodule_format::{encode_entry, stored_check, IndexEntry, OFFSET_MASK};
 
 use crate::block::{DedupKey, Done, Encoded, Reused, ZeroBlock};
 use crate::encode::Encoding;
@@ -51,6 +51,8 @@ pub(crate) struct ImageBuilder<'p> {
     verity: Option<&'p mut dyn DigestSink>,
     /// The block-digest table (16 bytes per block), kept for the trailer.
     digest_table: Vec<u8>,
+    /// The stored-check table (4 bytes per block), kept for the trailer.
+    stored_checks: Vec<u8>,
 }
 
 fn codec_code(kind: CodecKind) -> u64 {
@@ -70,6 +72,7 @@ impl<'p> ImageBuilder<'p> {
             counts: Counts::default(),
             verity: None,
             digest_table: Vec::new(),
+            stored_checks: Vec::new(),
         }
     }
 
@@ -96,6 +99,11 @@ impl<'p> ImageBuilder<'p> {
         &self.digest_table
     }
 
+    /// The stored checks of the blocks so far, concatenated (empty without a trailer).
+    pub fn stored_checks(&self) -> &[u8] {
+        &self.stored_checks
+    }
+
     /// Number of blocks so far.
     pub fn num_blocks(&self) -> u64 {
         self.entries.len() as u64
@@ -119,6 +127,12 @@ impl<'p> ImageBuilder<'p> {
                 "a block reached the writer without its digest",
             ))?;
             self.digest_table.extend_from_slice(&digest);
+            let check = match done.encoded {
+                Encoded::Zero if self.plan.zero_length => stored_check(&[]),
+                Encoded::Zero => self.zero.check,
+                Encoded::Data(_) => done.stored_check,
+            };
+            self.stored_checks.extend_from_slice(&check.to_be_bytes());
         }
         match done.reused {
             Reused::No => {}

@@ -116,10 +116,10 @@ pub struct Args {
     #[arg(long, value_name = "OLD_IMAGE")]
     pub reuse: Option<PathBuf>,
 
-    /// How a block of OLD_IMAGE is checked before it is copied: `table` copies it when its
-    /// digest matches (OLD_IMAGE's block-digest table is checked against its checksum, or the
-    /// digests are computed by decoding it); `decode` also decodes it and compares the bytes,
-    /// so damage to its compressed bytes is caught (slower).
+    /// How a block of OLD_IMAGE is checked before it is copied: `table` compares the CRC32 of
+    /// its compressed bytes with OLD_IMAGE's stored-check table (an image without one has the
+    /// block decoded and compared instead); `decode` always decodes it and compares the bytes
+    /// (slower). Either way a block that does not check out is compressed, with a warning.
     #[arg(
         long,
         value_name = "CHECK",
@@ -132,7 +132,7 @@ pub struct Args {
 /// `--reuse-check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReuseCheckArg {
-    /// Trust the digests (checked table, or computed by decoding).
+    /// Check the compressed bytes against OLD_IMAGE's stored checks (decode without them).
     Table,
     /// Decode every copied block and compare it.
     Decode,

@@ -4,7 +4,9 @@
 //! SOURCE's header, index, block-digest table and trailer are read first (docs/FORMAT.md §12.4).
 //! Then NEW is written front to back as SOURCE's exact bytes: every stored block whose digest a
 //! block of OLD has, with the same codec and compressed length, is taken from OLD once OLD's
-//! bytes decode to that digest; everything else (headers, index, table, trailer, the other
+//! bytes pass [`CopyCheck::accepts`]: their CRC32 equals SOURCE's stored check for the block
+//! (docs/FORMAT.md §12.4), or, when SOURCE has no stored-check table, they decode to the
+//! digest; everything else (headers, index, table, trailer, the other
 //! blocks) is read from SOURCE in as few ranges as possible. NEW is decoded at the end and each
 //! block checked against SOURCE's table and the content against the trailer's SHA-256; only
 //! then is it renamed into place, so a failed fetch leaves no NEW behind.
@@ -20,9 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mkmodule_codec::BlockDecompressor;
 use mkmodule_format::{block_digest, BlockDigest, BlockKind, DigestAlgorithm};
-use mkmodule_image::{Decoded, FileSource, Image, ImageSource, OpenOptions, ParallelOptions};
+use mkmodule_image::{
+    CopyCheck, Decoded, FileSource, Image, ImageSource, OpenOptions, ParallelOptions, Wanted,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -117,8 +120,10 @@ struct Stats {
     /// Stored blocks read from SOURCE, and their compressed bytes.
     source_blocks: u64,
     source_block_bytes: u64,
-    /// Blocks of OLD with the digest that did not decode to it (read from SOURCE instead).
+    /// Blocks of OLD with the digest whose bytes did not check out (read from SOURCE instead).
     rejected: u64,
+    /// Whether OLD's blocks were checked against SOURCE's stored checks (else decoded).
+    stored_checks: bool,
     /// Whether SOURCE had a usable block-digest table.
     table: bool,
 }
@@ -235,10 +240,15 @@ fn copy(
     let file_len = source.len().context("reading the length of SOURCE")?;
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let mut pending = Pending { from: 0, to: 0 };
+    // SOURCE's checks of its own stored bytes: what a block taken from OLD must hash to. A
+    // damaged table is not trusted: OLD's blocks are decoded instead.
+    let checks = match table {
+        Some(_) => image.stored_checks().ok().flatten(),
+        None => None,
+    };
+    stats.stored_checks = checks.is_some();
     let mut buf = Vec::new();
-    let mut decoded = vec![0u8; image.block_size() as usize];
-    let mut decompressor = BlockDecompressor::new();
-    let bs = image.block_size();
+    let mut checker = CopyCheck::new(image.block_size());
     for (block, entry) in image.index().blocks().iter().enumerate() {
         if entry.kind != BlockKind::Stored || entry.offset < pending.to {
             continue; // zero-length, a back-reference, or bytes already placed
@@ -250,15 +260,13 @@ fn copy(
             if theirs.codec != entry.codec || theirs.len != entry.len {
                 return None;
             }
-            let good = decompressor
-                .decompress_exact(theirs.codec, &buf, &mut decoded)
-                .is_ok()
-                && block_digest(&decoded, bs) == *digest;
+            let stored = checks.as_ref().and_then(|c| c.get(block).copied());
+            let good = checker.accepts(theirs.codec, &buf, stored, Wanted::Digest(digest));
             if !good {
                 stats.rejected += 1;
                 eprintln!(
-                    "mkmodule: warning: block {at} of {} does not decode to block {block} of \
-                     {}'s digest (damaged): read it from {} instead",
+                    "mkmodule: warning: block {at} of {} does not match block {block} of {} \
+                     (damaged): read it from {} instead",
                     args.seed.display(),
                     args.source,
                     args.source
@@ -370,6 +378,7 @@ fn report(args: &Args, image: &Image, stats: &Stats) -> Result<()> {
             "image_len": image.file_len(),
             "num_blocks": image.num_blocks(),
             "digest_table": stats.table,
+            "stored_checks": stats.stored_checks,
             "blocks_from_seed": stats.seed_blocks,
             "bytes_from_seed": stats.seed_bytes,
             "blocks_from_source": stats.source_blocks,

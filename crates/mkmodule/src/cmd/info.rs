@@ -59,6 +59,8 @@ struct Info {
     trailer_problem: Option<String>,
     /// The trailer's block-digest table (docs/FORMAT.md §12.4), when it records one.
     digest_table: Option<DigestTableInfo>,
+    /// The trailer's stored-check table (docs/FORMAT.md §12.4), when it records one.
+    stored_checks: Option<DigestTableInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     block_table: Option<Vec<BlockRow>>,
 }
@@ -74,6 +76,7 @@ struct TrailerInfo {
     block_encoding: Option<String>,
 }
 
+/// One of the trailer's tables (block digests, stored checks): where, how big, whether usable.
 #[derive(Debug, Serialize)]
 struct DigestTableInfo {
     offset: u64,
@@ -200,6 +203,7 @@ fn collect(image: &Image, with_blocks: bool) -> Info {
             .trailer_problem()
             .map(|p| mkmodule_blockdev::chain_text(p)),
         digest_table: digest_table_info(image),
+        stored_checks: stored_checks_info(image),
         block_table,
     }
 }
@@ -217,6 +221,24 @@ fn digest_table_info(image: &Image) -> Option<DigestTableInfo> {
     Some(DigestTableInfo {
         offset: table.offset,
         entries: table.entries,
+        valid: problem.is_none(),
+        problem,
+    })
+}
+
+/// The stored-check table a usable trailer records, read and checked.
+fn stored_checks_info(image: &Image) -> Option<DigestTableInfo> {
+    let checks = image.trailer()?.extension.stored_checks?;
+    if image.trailer_problem().is_some() {
+        return None;
+    }
+    let problem = image
+        .stored_checks()
+        .err()
+        .map(|e| mkmodule_blockdev::chain_text(&e));
+    Some(DigestTableInfo {
+        offset: checks.offset,
+        entries: checks.entries,
         valid: problem.is_none(),
         problem,
     })
@@ -303,6 +325,17 @@ fn print_text(out: &mut impl Write, info: &Info) -> std::io::Result<()> {
         writeln!(
             out,
             "block digests:    {} at offset {}, {state}",
+            table.entries, table.offset
+        )?;
+    }
+    if let Some(table) = &info.stored_checks {
+        let state = match &table.problem {
+            None => "valid".to_string(),
+            Some(problem) => format!("not used: {problem}"),
+        };
+        writeln!(
+            out,
+            "stored checks:    {} at offset {}, {state}",
             table.entries, table.offset
         )?;
     }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use mkmodule_blockdev::{chain_text, ErrorKind};
-use mkmodule_format::{block_digest, BlockDigest, DigestAlgorithm};
+use mkmodule_format::{block_digest, stored_check, BlockDigest, DigestAlgorithm};
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -106,6 +106,8 @@ struct Report {
     trailer_problem: Option<String>,
     /// The block-digest table (docs/FORMAT.md §12.4), when the trailer points to one.
     digest_table: Option<TableReport>,
+    /// The stored-check table (docs/FORMAT.md §12.4), when the trailer points to one.
+    stored_checks: Option<TableReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     verity: Option<verity::VerityReport>,
 }
@@ -150,6 +152,7 @@ pub fn run(args: Args) -> Result<()> {
         digest: None,
         trailer_problem: None,
         digest_table: None,
+        stored_checks: None,
         verity: None,
     };
     let options = OpenOptions {
@@ -192,10 +195,9 @@ pub fn run(args: Args) -> Result<()> {
     report.ok = report.error.is_none()
         && report.bad_blocks.is_empty()
         && report.trailer_problem.is_none()
-        && report
-            .digest_table
-            .as_ref()
-            .is_none_or(|t| t.status != "unusable")
+        && [&report.digest_table, &report.stored_checks]
+            .iter()
+            .all(|t| t.as_ref().is_none_or(|t| t.status != "unusable"))
         && report.digest.as_ref().is_none_or(|d| d.status == "ok");
     let verity_problem = report.verity.as_ref().and_then(|v| v.problem.clone());
     let damaged_before_verity = !report.ok;
@@ -248,12 +250,11 @@ fn damage_summary(report: &Report) -> String {
     }
 }
 
-/// What is wrong with the block-digest table, when it cannot be used.
+/// What is wrong with the block-digest or stored-check table, when one cannot be used.
 fn table_problem(report: &Report) -> Option<&String> {
-    report
-        .digest_table
-        .as_ref()
-        .and_then(|t| t.problem.as_ref())
+    [&report.digest_table, &report.stored_checks]
+        .into_iter()
+        .find_map(|t| t.as_ref().and_then(|t| t.problem.as_ref()))
 }
 
 /// A bad block's reason, which names the block and offset (prefixed when it does not).
@@ -394,7 +395,49 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             .any(|b| b.reason.contains("block-digest table"));
         t.status = if mismatched { "mismatch" } else { "ok" };
     }
+    check_stored(image, report);
     bar.finish();
+}
+
+/// Compares the CRC32 of every block's stored bytes with the stored-check table, when the image
+/// has a usable one: cheap next to decoding. A block already found bad is not named again.
+fn check_stored(image: &Image, report: &mut Report) {
+    let (checks, status, problem) = match image.stored_checks() {
+        Ok(None) => return,
+        Ok(Some(checks)) => (checks, "ok", None),
+        Err(error) => (Vec::new(), "unusable", Some(chain_text(&error))),
+    };
+    let mut table = TableReport {
+        entries: image.num_blocks(),
+        status,
+        problem,
+    };
+    let mut bytes = Vec::new();
+    let mut found = Vec::new();
+    for (block, &expected) in checks.iter().enumerate() {
+        let block = block as u32;
+        if report.bad_blocks.iter().any(|b| b.index == block) {
+            continue;
+        }
+        let Ok(entry) = image.compressed_block(block, &mut bytes) else {
+            continue; // a read error: decoding it failed too, and said so
+        };
+        if stored_check(&bytes) != expected {
+            table.status = "mismatch";
+            found.push(BadBlock {
+                index: block,
+                offset: Some(entry.offset),
+                reason: format!(
+                    "block {block} at offset {}: its stored bytes do not match its entry in the \
+                     stored-check table",
+                    entry.offset
+                ),
+            });
+        }
+    }
+    report.bad_blocks.extend(found);
+    report.bad_blocks.sort_by_key(|b| b.index);
+    report.stored_checks = Some(table);
 }
 
 /// Reads and checks the block-digest table, recording in `report` that there is one and, when
@@ -437,6 +480,18 @@ fn print_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         Some(t) => writeln!(
             out,
             "block-digest table: {} entries ({})",
+            t.entries, t.status
+        )?,
+        None => {}
+    }
+    match &report.stored_checks {
+        Some(TableReport {
+            problem: Some(problem),
+            ..
+        }) => writeln!(out, "stored-check table: UNUSABLE: {problem}")?,
+        Some(t) => writeln!(
+            out,
+            "stored-check table: {} entries ({})",
             t.entries, t.status
         )?,
         None => {}
@@ -484,6 +539,7 @@ mod tests {
             digest: None,
             trailer_problem: trailer.map(String::from),
             digest_table: None,
+            stored_checks: None,
             verity: None,
         }
     }

@@ -443,7 +443,7 @@ fn flips(base: &Base, counts: [usize; 4], rng: &mut Rng) -> Vec<Case> {
             } else if let Some(k) = base.block_at(pos) {
                 places.push(block(k));
             } else if pos >= base.data_end && base.header_first {
-                places.extend(["trailer".to_string(), "digest".to_string()]);
+                places.extend(["trailer", "digest", "stored-check"].map(String::from));
             }
             cases.push(Case::new(
                 format!("bit {bit} of byte {pos}"),

@@ -108,8 +108,9 @@ fn reuse_with_other_options_is_refused_naming_the_option() {
     assert!(!dir.path().join("new.img").exists());
 }
 
-/// With `--reuse-check decode`, a block of OLD whose compressed bytes were damaged behind a
-/// valid digest table is decoded, found wrong, and compressed again.
+/// A block of OLD whose compressed bytes were damaged behind valid tables is found wrong (by
+/// its stored check by default, by decoding with `--reuse-check decode`) and compressed again,
+/// with a warning naming OLD's block and the new block; the image is the one made without reuse.
 #[test]
 fn a_damaged_block_of_old_is_compressed_again_with_a_warning() {
     let dir = tempdir();
@@ -128,38 +129,42 @@ fn a_damaged_block_of_old_is_compressed_again_with_a_warning() {
         old[(entry.offset + 100 + k) as usize] ^= 0x55;
     }
     std::fs::write(&path, &old).unwrap();
-    let out = run_in(
-        dir.path(),
-        &[
-            "in.raw",
-            "-o",
-            "new.img",
-            "-B",
-            "4K",
-            "--reuse",
-            "old.img",
-            "--reuse-check",
-            "decode",
-            "--json",
-        ],
-        None,
-    );
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("warning: block 6 of old.img does not decode to the new block 6"),
-        "{stderr}"
-    );
-    let report = json(&out.stdout);
-    assert_eq!(report["blocks_reuse_rejected"], 1);
-    assert_eq!(report["blocks_reused"], 11);
     ok(
         dir.path(),
         &["in.raw", "-o", "plain.img", "-B", "4K", "-q"],
         None,
     );
     let plain = std::fs::read(dir.path().join("plain.img")).unwrap();
-    assert!(plain == std::fs::read(dir.path().join("new.img")).unwrap());
+    for check in ["table", "decode"] {
+        let out = run_in(
+            dir.path(),
+            &[
+                "in.raw",
+                "-o",
+                "new.img",
+                "-f",
+                "-B",
+                "4K",
+                "--reuse",
+                "old.img",
+                "--reuse-check",
+                check,
+                "--json",
+            ],
+            None,
+        );
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("warning: block 6 of old.img does not match the new block 6"),
+            "{check}: {stderr}"
+        );
+        let report = json(&out.stdout);
+        assert_eq!(report["blocks_reuse_rejected"], 1, "{check}");
+        assert_eq!(report["blocks_reused"], 11, "{check}");
+        let new = std::fs::read(dir.path().join("new.img")).unwrap();
+        assert!(plain == new, "{check}: not the image made without reuse");
+    }
 }
 
 #[test]
@@ -269,7 +274,8 @@ fn verify_checks_blocks_against_the_digest_table() {
     );
     let text = String::from_utf8(ok(dir.path(), &["verify", "a.img"], None)).unwrap();
     assert!(
-        text.contains("block-digest table: 12 entries (ok)"),
+        text.contains("block-digest table: 12 entries (ok)")
+            && text.contains("stored-check table: 12 entries (ok)"),
         "{text}"
     );
     let path = dir.path().join("a.img");
@@ -323,5 +329,20 @@ fn verify_checks_blocks_against_the_digest_table() {
     assert!(
         stderr.contains("a.img is damaged") && stderr.contains("block-digest table"),
         "{stderr}"
+    );
+
+    // One stored check changed: that table's checksum fails.
+    let checks = info["stored_checks"]["offset"].as_u64().unwrap() as usize;
+    assert_eq!(checks + 12 * 4, at);
+    let mut bytes = good.clone();
+    bytes[checks + 4 * 5] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run_in(dir.path(), &["verify", "a.img"], None);
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stored-check table: UNUSABLE"), "{stdout}");
+    assert!(
+        stdout.contains("block-digest table: 12 entries (ok)"),
+        "{stdout}"
     );
 }

@@ -1,11 +1,13 @@
 //! `pack_with_reuse`: an image packed with blocks copied from an older one is byte-identical to
 //! one packed from scratch, for every written dialect and codec, over random edits (blocks
-//! changed, inserted, deleted, a different final length); options that differ are refused; a
-//! damaged older image gives its damaged blocks up to compression.
+//! changed, inserted, deleted, a different final length), also when a block it copies is
+//! damaged behind valid tables; options that differ are refused; a damaged older image gives its
+//! damaged blocks up to compression, checked by its stored checks or, for an image written
+//! before those, by decoding.
 
 use std::io::Cursor;
 
-use mkmodule_format::{parse_image, BlockKind, Dialect, HeaderPosition};
+use mkmodule_format::{parse_image, stored_check, BlockKind, Dialect, HeaderPosition, Trailer};
 use mkmodule_image::{Image, OpenOptions};
 use mkmodule_pack::{
     pack_with_reuse, PackOptions, PackSummary, Plan, ProgressEvent, Reuse, ReuseCheck, ReuseError,
@@ -103,8 +105,8 @@ fn reuse_gives_the_image_packed_from_scratch() {
             let old = sample(20, BS, round * 700);
             let new = remaster(&old, &mut rng);
             let old_plan = plan(dialect, codec, zero_blocks, old.len());
-            let (old_image, _, _) = pack_bytes(&old, &old_plan, None);
-            let old_image = open(old_image);
+            let (old_bytes, _, _) = pack_bytes(&old, &old_plan, None);
+            let old_image = open(old_bytes.clone());
             let new_plan = plan(dialect, codec, zero_blocks, new.len());
             let (scratch, plain, _) = pack_bytes(&new, &new_plan, None);
             let reuse = Reuse::new(&old_image, &new_plan, 2).unwrap();
@@ -115,8 +117,113 @@ fn reuse_gives_the_image_packed_from_scratch() {
             assert_eq!(plain.reused_blocks, 0, "{case}");
             assert!(summary.reused_blocks >= 5, "{case}: {summary:?}");
             assert!(rejected.is_empty(), "{case}: {rejected:?}");
+            assert_eq!(reuse.stored_checks(), reuse.from_table(), "{case}");
+
+            // One byte of a block that is copied, damaged behind OLD's valid tables: that block
+            // is compressed instead, reported, and the image is still the one from scratch.
+            let (damaged, victim) = damage_a_copied_block(old_bytes, &old, &new, &mut rng);
+            let reuse = Reuse::new(&damaged, &new_plan, 2).unwrap();
+            let (reused, _, rejected) = pack_bytes(&new, &new_plan, Some(&reuse));
+            assert!(scratch == reused, "{case}: the images differ after damage");
+            if reuse.from_table() {
+                assert!(!rejected.is_empty(), "{case}: block {victim} was copied");
+                assert!(rejected.iter().all(|&(_, old)| old == victim), "{case}");
+            }
         }
     }
+}
+
+/// Flips a byte in the middle of the compressed bytes of a block of `image` (made of `old`)
+/// whose content is a whole block of `new`, past the first blocks (which `Reuse::new` compresses
+/// again to check the encoder); returns the damaged image and the block.
+fn damage_a_copied_block(
+    mut bytes: Vec<u8>,
+    old: &[u8],
+    new: &[u8],
+    rng: &mut Rng,
+) -> (Image, u32) {
+    let index = parse_image(&bytes).unwrap().index;
+    let whole = |i: usize| &old[i * BS..(i + 1) * BS];
+    let wanted: Vec<&[u8]> = new.chunks_exact(BS).collect();
+    let candidates: Vec<usize> = (4..old.len() / BS - 1)
+        .filter(|&i| {
+            let content = whole(i);
+            index.get(i).unwrap().kind == BlockKind::Stored
+                && content.iter().any(|&b| b != 0)
+                && (0..i).all(|j| whole(j) != content)
+                && wanted.contains(&content)
+        })
+        .collect();
+    let victim = candidates[rng.below(candidates.len() as u64) as usize];
+    let entry = *index.get(victim).unwrap();
+    bytes[(entry.offset + u64::from(entry.len) / 2) as usize] ^= 0x5a;
+    (open(bytes), victim as u32)
+}
+
+/// `image` as a release before the stored-check table wrote it: the trailer does not point to
+/// the table (its bytes stay, unused).
+fn without_stored_checks(mut image: Vec<u8>) -> Vec<u8> {
+    let at = image.len() - mkmodule_format::TRAILER_LEN;
+    let mut trailer = Trailer::find(&image, image.len() as u64).unwrap().unwrap();
+    assert!(trailer.extension.stored_checks.is_some());
+    trailer.extension.stored_checks = None;
+    image[at..].copy_from_slice(&trailer.encode());
+    image
+}
+
+/// A damaged stored-check table is reported and not used: the blocks are decoded instead.
+#[test]
+fn a_damaged_stored_check_table_is_not_trusted() {
+    let data = sample(10, BS, 3);
+    let plan = plan(Dialect::LinuxV2, "zlib", false, data.len());
+    let (mut image, _, _) = pack_bytes(&data, &plan, None);
+    let checks = open(image.clone())
+        .trailer()
+        .unwrap()
+        .extension
+        .stored_checks
+        .unwrap();
+    image[checks.offset as usize + 5] ^= 1;
+    let old = open(image);
+    let reuse = Reuse::new(&old, &plan, 1).unwrap();
+    assert!(!reuse.stored_checks());
+    let problem = reuse.checks_problem().unwrap().to_string();
+    assert!(problem.contains("stored-check table"), "{problem}");
+    let (again, summary, _) = pack_bytes(&data, &plan, Some(&reuse));
+    assert!(again == pack_bytes(&data, &plan, None).0);
+    assert!(summary.reused_blocks > 0);
+}
+
+/// An older image without stored checks, damaged: its blocks are decoded before they are copied
+/// (also with the default check), so the damaged one is compressed again.
+#[test]
+fn an_older_image_without_stored_checks_is_checked_by_decoding() {
+    let data = sample(14, BS, 0);
+    let plan = plan(Dialect::LinuxV4, "lz4", false, data.len());
+    let (image, _, _) = pack_bytes(&data, &plan, None);
+    let mut image = without_stored_checks(image);
+    let parsed = parse_image(&image).unwrap();
+    let victim = (5..14)
+        .find(|&i| {
+            parsed.index.get(i).unwrap().kind == BlockKind::Stored
+                && data[i * BS..(i + 1) * BS].iter().any(|&b| b != 0)
+        })
+        .unwrap();
+    let entry = *parsed.index.get(victim).unwrap();
+    image[(entry.offset + u64::from(entry.len) / 2) as usize] ^= 0xff;
+    let old = open(image);
+    assert!(old.stored_checks().unwrap().is_none());
+    let reuse = Reuse::new(&old, &plan, 1).unwrap();
+    assert!(reuse.from_table() && !reuse.stored_checks());
+    let (again, summary, rejected) = pack_bytes(&data, &plan, Some(&reuse));
+    assert!(again == pack_bytes(&data, &plan, None).0);
+    // Every new block of that content wanted the damaged block.
+    assert!(
+        rejected.contains(&(victim as u64, victim as u32)),
+        "{rejected:?}"
+    );
+    assert!(rejected.iter().all(|&(_, old)| old == victim as u32));
+    assert_eq!(summary.rejected_blocks, rejected.len() as u64);
 }
 
 /// Every block of an identical input that is not all zeros is copied.
@@ -183,8 +290,9 @@ fn an_image_without_a_trailer_is_checked_by_compressing_a_block() {
     assert!(summary.reused_blocks > 0);
 }
 
-/// Bytes flipped inside a compressed block of OLD, checked by decoding: that block is
-/// compressed again and reported, and the image is still the one packed from scratch.
+/// Bytes flipped inside a compressed block of OLD, behind its valid tables: with either check
+/// (its stored checks, or decoding) that block is compressed again and reported, and the image
+/// is still the one packed from scratch.
 #[test]
 fn a_damaged_block_of_the_older_image_is_compressed_again() {
     let data = sample(14, BS, 0);
@@ -197,13 +305,14 @@ fn a_damaged_block_of_the_older_image_is_compressed_again() {
     let entry = *parsed.index.get(victim).unwrap();
     image[(entry.offset + u64::from(entry.len) / 2) as usize] ^= 0xff;
     let old = open(image);
-    let reuse = Reuse::new(&old, &plan, 1)
-        .unwrap()
-        .with_check(ReuseCheck::Decode);
-    let (again, summary, rejected) = pack_bytes(&data, &plan, Some(&reuse));
-    assert!(again == pack_bytes(&data, &plan, None).0);
-    assert_eq!(rejected, [(victim as u64, victim as u32)]);
-    assert_eq!(summary.rejected_blocks, 1);
+    for check in [ReuseCheck::Table, ReuseCheck::Decode] {
+        let reuse = Reuse::new(&old, &plan, 1).unwrap().with_check(check);
+        assert_eq!(reuse.stored_checks(), check == ReuseCheck::Table);
+        let (again, summary, rejected) = pack_bytes(&data, &plan, Some(&reuse));
+        assert!(again == pack_bytes(&data, &plan, None).0, "{check:?}");
+        assert_eq!(rejected, [(victim as u64, victim as u32)], "{check:?}");
+        assert_eq!(summary.rejected_blocks, 1);
+    }
 }
 
 /// The table written holds the digests a decoder computes; a damaged table is reported and
@@ -222,7 +331,18 @@ fn the_digest_table_matches_the_blocks_and_damage_is_reported() {
         let table = trailer.extension.digest_table.unwrap();
         assert_eq!(table.entries, 9);
         assert_eq!(table.offset + 9 * 16 + 136, image.len() as u64);
-        assert!(table.offset >= summary.data_end);
+        // The stored checks lie just before it: the CRC32 of each block's bytes as stored.
+        let checks = trailer.extension.stored_checks.unwrap();
+        assert_eq!(checks.offset + 9 * 4, table.offset);
+        assert!(checks.offset >= summary.data_end);
+        let parsed = parse_image(&image).unwrap();
+        let expected_checks: Vec<u32> = (0..9)
+            .map(|i| {
+                let e = parsed.index.get(i).unwrap();
+                stored_check(&image[e.offset as usize..e.end() as usize])
+            })
+            .collect();
+        assert_eq!(opened.stored_checks().unwrap().unwrap(), expected_checks);
         let stored = opened.digest_table().unwrap().unwrap();
         let computed = opened.block_digests(1);
         assert!(matches!(computed.origin, DigestOrigin::Table));

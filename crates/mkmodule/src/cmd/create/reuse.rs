@@ -40,17 +40,24 @@ pub(crate) fn prepare<'a>(
             path.display()
         );
     }
+    if let Some(problem) = reuse.checks_problem() {
+        eprintln!(
+            "mkmodule: warning: {}: {problem}; its blocks are decoded before they are copied",
+            path.display()
+        );
+    }
     Ok(reuse)
 }
 
-/// The warning for a block of the older image that had the digest but not the bytes.
+/// The warning for a block of the older image that had the digest but whose bytes did not
+/// check out.
 pub(crate) fn warn_rejected(block: u64, old_block: u32, old: Option<&Path>) {
     let old = old.map_or_else(
         || "the older image".to_string(),
         |p| p.display().to_string(),
     );
     eprintln!(
-        "mkmodule: warning: block {old_block} of {old} does not decode to the new block {block} \
+        "mkmodule: warning: block {old_block} of {old} does not match the new block {block} \
          (damaged, or another block with the same digest): compressed it instead"
     );
 }
