@@ -71,6 +71,10 @@ pub enum Cause {
         /// Bytes asked for.
         want: u64,
     },
+    /// A redirect that is not followed: no Location, another scheme, https to http, or too
+    /// many of them.
+    #[error("{0}")]
+    Redirect(String),
     /// The whole request, retries included, took longer than the timeout.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -81,7 +85,7 @@ impl Cause {
     pub fn retryable(&self) -> bool {
         match self {
             Cause::Status { status } => *status >= 500 || matches!(status, 408 | 416 | 429),
-            Cause::NoRanges | Cause::Timeout(_) => false,
+            Cause::NoRanges | Cause::Redirect(_) | Cause::Timeout(_) => false,
             Cause::Transport(_) | Cause::ContentRange { .. } | Cause::BodyLength { .. } => true,
         }
     }
