@@ -24,7 +24,7 @@ pub use client::{
     check_range_answer, parse_content_range, probe_answer, redirect_target, ClientOptions, Failure,
     Pin, MAX_REDIRECTS,
 };
-pub use error::{Cause, RemoteError};
+pub use error::{shown_url, Cause, RemoteError};
 pub use fetch::Retry;
 pub use source::{HttpSource, SourceStats};
 pub use store::{
