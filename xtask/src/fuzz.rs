@@ -88,6 +88,16 @@ const TARGETS: &[Target] = &[
         max_len: 64 << 10,
         dict: Some("nbd.dict"),
     },
+    Target {
+        name: "remote_answer",
+        max_len: 512,
+        dict: Some("http.dict"),
+    },
+    Target {
+        name: "remote_cache",
+        max_len: 1024,
+        dict: None,
+    },
 ];
 
 /// Seconds one input may take before libFuzzer calls it a hang.
@@ -541,6 +551,54 @@ pub fn seeds() -> Result<()> {
     ] {
         put("connect_handshake", name, &server_transcript(size, infos))?;
     }
+
+    // remote_answer: [status selector: 2][flags][start: 8][span: 2][length: 8], then the
+    // Content-Range, the answer's ETag and the pinned ETag, one a line. Flags bit 7 writes the
+    // Content-Range from the numbers, bit 6 gives the answer an ETag.
+    let answer = |status: u8, flags: u8, start: u64, span: u16, len: u64, text: &str| {
+        let mut seed = vec![status, 0, flags];
+        seed.extend_from_slice(&start.to_le_bytes());
+        seed.extend_from_slice(&span.to_le_bytes());
+        seed.extend_from_slice(&len.to_le_bytes());
+        seed.extend_from_slice(text.as_bytes());
+        seed
+    };
+    let answers = [
+        ("range-ok", answer(0, 0x80, 4096, 65535, 1 << 30, "")),
+        ("range-etag", answer(0, 0xc0, 0, 0, 1, "\n\"abc\"\n\"abc\"")),
+        (
+            "range-other-etag",
+            answer(0, 0xc0, 0, 0, 1, "\n\"abc\"\n\"abd\""),
+        ),
+        ("probe", answer(0, 0, 0, 0, 0, "bytes 0-0/6291456")),
+        ("empty", answer(6, 0, 0, 0, 0, "bytes */0")),
+        ("changed", answer(6, 0, 0, 0, 0, "bytes */77")),
+        ("precondition", answer(5, 0, 0, 0, 0, "")),
+        ("whole-file", answer(4, 0, 0, 0, 0, "")),
+    ];
+    for (name, seed) in answers {
+        put("remote_answer", name, &seed)?;
+    }
+
+    // remote_cache: [mode][length: 2] then a URL record (even mode) or an entry file (odd).
+    let record = mkmodule_remote::format_origin(&mkmodule_remote::OriginRecord {
+        len: 6 << 20,
+        validator: "etag:\"65f2a1-600000\"".into(),
+        identity: "0f".repeat(32),
+    });
+    put(
+        "remote_cache",
+        "origin",
+        &[b"\0\0\0", record.as_bytes()].concat(),
+    )?;
+    let data = b"compressed block bytes";
+    let len = (data.len() as u16).to_le_bytes();
+    let entry = mkmodule_remote::entry_file(data);
+    put(
+        "remote_cache",
+        "entry",
+        &[&[1, len[0], len[1]], &entry[..]].concat(),
+    )?;
 
     println!("fuzz-seeds: wrote {written} seeds ({bytes} bytes) under fuzz/corpus/");
     Ok(())

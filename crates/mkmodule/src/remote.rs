@@ -81,13 +81,10 @@ impl RemoteArgs {
         }
     }
 
-    /// The arguments that pass these options on to a background daemon.
+    /// The arguments that pass these options on to a background daemon, but for the extra
+    /// headers, which may be secrets (`cmd::daemon_secrets` hands them over).
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
-        for (name, value) in &self.http_headers {
-            args.push("--http-header".into());
-            args.push(format!("{name}: {value}").into());
-        }
         for file in &self.ca_certs {
             args.push("--ca-cert".into());
             args.push(absolute(file).into());

@@ -68,12 +68,13 @@ pub fn serve(
 }
 
 /// Starts `PROGRAM ARGS… --mountpoint DIR` as a background server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SpawnServer {
     program: PathBuf,
     args: Vec<OsString>,
     timeout: Duration,
     arg0: Option<OsString>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl SpawnServer {
@@ -84,6 +85,7 @@ impl SpawnServer {
             args,
             timeout: Duration::from_secs(60),
             arg0: None,
+            env: Vec::new(),
         }
     }
 
@@ -95,11 +97,35 @@ impl SpawnServer {
         self
     }
 
+    /// Sets an environment variable of the server: the way to hand it what must not show in
+    /// its command line, which every user can read (`/proc/PID/environ` is its owner's only).
+    pub fn with_env(
+        mut self,
+        name: impl Into<OsString>,
+        value: impl Into<OsString>,
+    ) -> SpawnServer {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
     /// How long to wait for the server to become ready (default 60 s: opening a large image
     /// reads its whole index).
     pub fn with_timeout(mut self, timeout: Duration) -> SpawnServer {
         self.timeout = timeout;
         self
+    }
+}
+
+impl std::fmt::Debug for SpawnServer {
+    /// The environment's names only: its values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnServer")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("timeout", &self.timeout)
+            .field("arg0", &self.arg0)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -133,6 +159,7 @@ impl Launcher for SpawnServer {
         };
         let mut child = command
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--mountpoint")
             .arg(mountpoint)
             // Paths are absolute; a daemon must not keep the caller's directory busy.

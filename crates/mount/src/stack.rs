@@ -57,16 +57,25 @@ impl Plan {
 }
 
 /// Names for the images' files in the FUSE mount point: `<index>-<file name>`, with anything
-/// odd replaced, so `losetup --list` shows which image a device reads.
+/// odd replaced, so `losetup --list` shows which image a device reads. An image URL is named
+/// after the last part of its path, never its query (a presigned URL's query is a credential).
 pub fn file_names(images: &[PathBuf]) -> Vec<String> {
     images
         .iter()
         .enumerate()
         .map(|(i, image)| {
-            let name: String = image
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            let text = image.to_string_lossy();
+            let lower = text.get(..8).unwrap_or(&text).to_ascii_lowercase();
+            let base = if lower.starts_with("http://") || lower.starts_with("https://") {
+                let path = text.split(['?', '#']).next().unwrap_or_default();
+                path.rsplit('/').next().unwrap_or_default().to_string()
+            } else {
+                image
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let name: String = base
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || "._-+".contains(c) {
@@ -442,6 +451,12 @@ mod tests {
             PathBuf::from("/"),
         ]);
         assert_eq!(names, vec!["0-KNOPPIX", "1-my_module.cloop", "2"]);
+        let urls = file_names(&[
+            PathBuf::from("https://cdn.example/isos/KNOPPIX?X-Amz-Signature=abc&x=/y"),
+            PathBuf::from("http://cdn.example/"),
+            PathBuf::from("HTTP://cdn.example/a/b.cloop#part"),
+        ]);
+        assert_eq!(urls, vec!["0-KNOPPIX", "1", "2-b.cloop"]);
     }
 
     #[test]

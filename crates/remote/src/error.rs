@@ -19,7 +19,10 @@ pub enum RemoteError {
         source: io::Error,
     },
     /// A range could not be fetched, after the retries.
-    #[error("{url}: bytes {start}-{end}: {cause} (after {attempts} attempts)")]
+    #[error(
+        "{}: bytes {start}-{end}: {cause} (after {attempts} attempts)",
+        shown_url(url)
+    )]
     Fetch {
         /// The image's URL.
         url: String,
@@ -33,13 +36,25 @@ pub enum RemoteError {
         cause: Cause,
     },
     /// The image at the origin is no longer the one that was opened.
-    #[error("{url}: the image changed at the origin ({what}); reopen it to read the new one")]
+    #[error(
+        "{}: the image changed at the origin ({what}); reopen it to read the new one",
+        shown_url(url)
+    )]
     Changed {
         /// The image's URL.
         url: String,
         /// What showed it.
         what: String,
     },
+}
+
+/// `url` as error messages (and so a server's log) show it: its query, which in a presigned
+/// URL is a credential, becomes `?…`.
+pub fn shown_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((path, _)) => format!("{path}?…"),
+        None => url.to_string(),
+    }
 }
 
 /// Why one attempt at a range failed.
@@ -71,6 +86,10 @@ pub enum Cause {
         /// Bytes asked for.
         want: u64,
     },
+    /// A redirect that is not followed: no Location, another scheme, https to http, or too
+    /// many of them.
+    #[error("{0}")]
+    Redirect(String),
     /// The whole request, retries included, took longer than the timeout.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -81,7 +100,7 @@ impl Cause {
     pub fn retryable(&self) -> bool {
         match self {
             Cause::Status { status } => *status >= 500 || matches!(status, 408 | 416 | 429),
-            Cause::NoRanges | Cause::Timeout(_) => false,
+            Cause::NoRanges | Cause::Redirect(_) | Cause::Timeout(_) => false,
             Cause::Transport(_) | Cause::ContentRange { .. } | Cause::BodyLength { .. } => true,
         }
     }
@@ -91,5 +110,25 @@ impl From<RemoteError> for io::Error {
     /// An I/O error carrying the remote error (the NBD server turns it into EIO).
     fn from(error: RemoteError) -> io::Error {
         io::Error::other(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_leave_out_a_query() {
+        let error = RemoteError::Changed {
+            url: "https://cdn.example/KNOPPIX?X-Amz-Signature=feedface".into(),
+            what: "412".into(),
+        };
+        let text = error.to_string();
+        assert!(
+            text.starts_with("https://cdn.example/KNOPPIX?…: "),
+            "{text}"
+        );
+        assert!(!text.contains("feedface"), "{text}");
+        assert_eq!(shown_url("http://a.test/x"), "http://a.test/x");
     }
 }

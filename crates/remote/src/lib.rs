@@ -20,11 +20,16 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use client::{parse_content_range, ClientOptions, Pin};
-pub use error::{Cause, RemoteError};
+pub use client::{
+    check_range_answer, parse_content_range, probe_answer, redirect_target, ClientOptions, Failure,
+    Pin, MAX_REDIRECTS,
+};
+pub use error::{shown_url, Cause, RemoteError};
 pub use fetch::Retry;
 pub use source::{HttpSource, SourceStats};
-pub use store::{parse_origin, OriginRecord, Store, StoreStats};
+pub use store::{
+    entry_data, entry_file, format_origin, parse_origin, OriginRecord, Store, StoreStats,
+};
 
 /// Whether `name` is an image URL this crate reads (`http://` or `https://`).
 pub fn is_url(name: &str) -> bool {

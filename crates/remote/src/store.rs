@@ -142,7 +142,7 @@ impl Store {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return false;
         };
-        if !intact(&bytes, buf.len()) {
+        let Some(data) = entry_data(&bytes, buf.len()) else {
             self.stats.damaged.fetch_add(1, Ordering::Relaxed);
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(&path);
@@ -151,8 +151,8 @@ impl Store {
                 state.total -= meta.bytes;
             }
             return false;
-        }
-        buf.copy_from_slice(&bytes[HEAD..]);
+        };
+        buf.copy_from_slice(data);
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         state.clock += 1;
@@ -200,11 +200,7 @@ impl Store {
             std::process::id(),
             self.temp.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut content = Vec::with_capacity(HEAD + data.len());
-        content.extend_from_slice(MAGIC);
-        content.extend_from_slice(&Sha256::digest(data));
-        content.extend_from_slice(data);
-        fs::write(&temp, &content)?;
+        fs::write(&temp, entry_file(data))?;
         fs::rename(&temp, path).inspect_err(|_| {
             let _ = fs::remove_file(&temp);
         })
@@ -249,12 +245,7 @@ impl Store {
     /// Records that `url` holds `record` now.
     pub fn set_origin(&self, url: &str, record: &OriginRecord) {
         let path = self.origin_path(url);
-        let text = format!(
-            "v1\n{}\n{}\n{}\n",
-            record.len,
-            record.validator.replace('\n', " "),
-            record.identity
-        );
+        let text = format_origin(record);
         let temp = path.with_extension(format!("tmp-{}", std::process::id()));
         if fs::write(&temp, text).is_ok() && fs::rename(&temp, &path).is_err() {
             let _ = fs::remove_file(&temp);
@@ -262,27 +253,51 @@ impl Store {
     }
 }
 
-/// Whether `bytes` is an entry file of `len` data bytes whose digest matches.
-fn intact(bytes: &[u8], len: usize) -> bool {
-    bytes.len() == HEAD + len
-        && bytes.starts_with(MAGIC)
-        && Sha256::digest(&bytes[HEAD..]).as_slice() == &bytes[MAGIC.len()..HEAD]
+/// The data of an entry file holding `len` bytes: `None` unless it has the magic, exactly
+/// `len` bytes after the digest, and their digest matches.
+pub fn entry_data(bytes: &[u8], len: usize) -> Option<&[u8]> {
+    let data = bytes.strip_prefix(MAGIC.as_slice())?.get(32..)?;
+    (data.len() == len && Sha256::digest(data).as_slice() == &bytes[MAGIC.len()..HEAD])
+        .then_some(data)
 }
 
-/// Reads a URL record; `None` unless it is exactly the form written by [`Store::set_origin`].
+/// An entry file holding `data`, as [`Store::put`] writes it.
+pub fn entry_file(data: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(HEAD + data.len());
+    content.extend_from_slice(MAGIC);
+    content.extend_from_slice(&Sha256::digest(data));
+    content.extend_from_slice(data);
+    content
+}
+
+/// A URL record as [`Store::set_origin`] writes it: `v1`, length, validator (line breaks made
+/// spaces) and identity, one a line.
+pub fn format_origin(record: &OriginRecord) -> String {
+    format!(
+        "v1\n{}\n{}\n{}\n",
+        record.len,
+        record.validator.replace(['\n', '\r'], " "),
+        record.identity
+    )
+}
+
+/// Reads a URL record; `None` unless it is exactly the text [`format_origin`] writes (a
+/// length in plain decimal, no carriage return, every line ended).
 pub fn parse_origin(text: &str) -> Option<OriginRecord> {
-    let mut lines = text.lines();
-    if lines.next()? != "v1" {
+    let body = text.strip_suffix('\n')?;
+    if body.contains('\r') {
         return None;
     }
-    let len = lines.next()?.parse().ok()?;
-    let validator = lines.next()?.to_string();
-    let identity = lines.next()?.to_string();
+    let lines: Vec<&str> = body.split('\n').collect();
+    let [version, len_text, validator, identity] = lines.as_slice() else {
+        return None;
+    };
+    let len: u64 = len_text.parse().ok()?;
     let hex_name = identity.len() == 64 && identity.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex_name && lines.next().is_none()).then_some(OriginRecord {
+    (*version == "v1" && len.to_string() == *len_text && hex_name).then(|| OriginRecord {
         len,
-        validator,
-        identity,
+        validator: validator.to_string(),
+        identity: identity.to_string(),
     })
 }
 
@@ -374,5 +389,21 @@ mod tests {
         assert_eq!(store.origin("http://x/b.img"), None);
         assert_eq!(parse_origin("v1\n42\nx\n../escape\n"), None);
         assert_eq!(parse_origin("v2\n42\nx\nab\n"), None);
+        // Only the exact form written: no leading sign or zero, no CR, a final line break.
+        let good = format_origin(&OriginRecord {
+            len: 42,
+            validator: "date:x".into(),
+            identity: ID.into(),
+        });
+        assert!(parse_origin(&good).is_some());
+        for bad in [
+            good.replace("\n42\n", "\n+42\n"),
+            good.replace("\n42\n", "\n042\n"),
+            good.replace('\n', "\r\n"),
+            good.trim_end().to_string(),
+            format!("{good}\n"),
+        ] {
+            assert_eq!(parse_origin(&bad), None, "{bad:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use mkmodule_mount::fuse_file::{ExportFile, ServeOptions};
 use mkmodule_mount::server;
 use mkmodule_overlay::OverlayOptions;
 
+use crate::cmd::daemon_secrets::{self, Secrets};
 use crate::open::{open_device, open_overlay, OverlayStore};
 use crate::units::parse_size;
 
@@ -40,7 +41,8 @@ impl ServerArgs {
 /// Arguments of `mkmodule __fuse-daemon`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The images to serve, as files `0-NAME`, `1-NAME`, …
+    /// The images to serve, as files `0-NAME`, `1-NAME`, … (`url:N`: the Nth URL handed over
+    /// in the environment).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
 
@@ -87,7 +89,15 @@ pub fn run(args: Args) -> Result<()> {
     // Started directly (to set argv[0]), not through setsid(1): leave the caller's session so
     // no terminal signal reaches the server. Fails only when already a group leader.
     let _ = rustix::process::setsid();
-    let files = match export_files(&args.images, args.cow.as_deref(), &args.server) {
+    let mut server = args.server;
+    let secrets = std::env::var(daemon_secrets::ENV).unwrap_or_default();
+    let opened = Secrets::decode(&secrets)
+        .and_then(|secrets| secrets.restore(&args.images))
+        .and_then(|(images, headers)| {
+            server.remote.http_headers.extend(headers);
+            export_files(&images, args.cow.as_deref(), &server)
+        });
+    let files = match opened {
         Ok(files) => files,
         Err(error) => {
             server::announce_error(&format!("{error:#}"));

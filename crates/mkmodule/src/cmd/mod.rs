@@ -6,6 +6,7 @@ pub mod commit;
 pub mod connect;
 pub mod convert;
 pub mod create;
+pub mod daemon_secrets;
 pub mod detach;
 pub mod docs;
 pub mod extract;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use mkmodule_mount::server::{InProcess, Launcher, SpawnServer};
 use mkmodule_mount::{Kind, Plan, Record, RunDir};
 
+use crate::cmd::daemon_secrets::{self, Secrets};
 use crate::cmd::fuse_daemon::{self, ServerArgs};
 
 /// Arguments of `mkmodule mount`.
@@ -107,10 +108,13 @@ impl Server {
             args.push("--cow".into());
             args.push(cow.into());
         }
-        // Absolute paths: never taken for options.
-        args.extend(images.iter().map(OsString::from));
+        // Absolute paths and URL placeholders: never taken for options.
+        let (shown, secrets) = Secrets::split(images, &server.remote.http_headers);
+        args.extend(shown);
         Ok(Server::Background(
-            SpawnServer::new(exe, args).with_arg0(fuse_daemon::DAEMON_ARGV0),
+            SpawnServer::new(exe, args)
+                .with_arg0(fuse_daemon::DAEMON_ARGV0)
+                .with_env(daemon_secrets::ENV, secrets.encode()),
         ))
     }
 

@@ -31,6 +31,7 @@ mod hostile_images;
 mod info;
 mod interrupt;
 mod mount;
+mod mount_url;
 mod progress;
 mod remote;
 mod reuse;

@@ -65,7 +65,7 @@ fn run_limited(command: &mut Command, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn run_ok(program: &str, args: &[&str]) -> String {
+pub(crate) fn run_ok(program: &str, args: &[&str]) -> String {
     let out = run_limited(Command::new(program).args(args), Duration::from_secs(120));
     assert!(
         out.status.success(),
@@ -76,7 +76,7 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sha256_file(path: &Path) -> String {
+pub(crate) fn sha256_file(path: &Path) -> String {
     let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -121,7 +121,7 @@ fn loops_under(dir: &Path) -> Vec<String> {
 }
 
 /// Whether a process is running (a zombie counts as gone: nobody may reap it here).
-fn running(pid: u32) -> bool {
+pub(crate) fn running(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -132,13 +132,13 @@ fn running(pid: u32) -> bool {
 }
 
 /// A test's directory, run directory and cleanup.
-struct Env {
+pub(crate) struct Env {
     dir: tempfile::TempDir,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let serial = crate::mount_lock();
         require_host();
         let dir = tempfile::tempdir().unwrap();
@@ -148,31 +148,31 @@ impl Env {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub(crate) fn run_dir(&self) -> PathBuf {
         self.path("run")
     }
 
-    fn mkdir(&self, name: &str) -> PathBuf {
+    pub(crate) fn mkdir(&self, name: &str) -> PathBuf {
         let path = self.path(name);
         fs::create_dir_all(&path).unwrap();
         path.canonicalize().unwrap()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mkmodule"));
         command.args(args).env("MKMODULE_RUN_DIR", self.run_dir());
         command
     }
 
-    fn mkmodule(&self, args: &[&str]) -> Output {
+    pub(crate) fn mkmodule(&self, args: &[&str]) -> Output {
         run_limited(&mut self.command(args), Duration::from_secs(120))
     }
 
-    fn mkmodule_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn mkmodule_ok(&self, args: &[&str]) -> String {
         let out = self.mkmodule(args);
         assert!(
             out.status.success(),
@@ -183,7 +183,7 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn mkmodule_err(&self, args: &[&str]) -> String {
+    pub(crate) fn mkmodule_err(&self, args: &[&str]) -> String {
         let out = self.mkmodule(args);
         assert!(
             !out.status.success(),
@@ -194,7 +194,7 @@ impl Env {
     }
 
     /// An ext4 filesystem holding `files` (path, content), and its cloop image.
-    fn module(&self, name: &str, files: &[(&str, &[u8])]) -> (PathBuf, PathBuf) {
+    pub(crate) fn module(&self, name: &str, files: &[(&str, &[u8])]) -> (PathBuf, PathBuf) {
         let tree = self.path(&format!("{name}.tree"));
         for (path, content) in files {
             let path = tree.join(path);
@@ -230,7 +230,7 @@ impl Env {
     }
 
     /// The records in the run directory, as JSON.
-    fn records(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
         let Ok(entries) = fs::read_dir(self.run_dir()) else {
             return Vec::new();
         };
@@ -243,7 +243,7 @@ impl Env {
     }
 
     /// Server process ids named in the records.
-    fn server_pids(&self) -> Vec<u32> {
+    pub(crate) fn server_pids(&self) -> Vec<u32> {
         self.records()
             .iter()
             .flat_map(|r| r["steps"].as_array().cloned().unwrap_or_default())
@@ -253,7 +253,7 @@ impl Env {
     }
 
     /// Asserts that nothing is left: no mount, loop device, record, work directory or server.
-    fn assert_clean(&self, pids: &[u32]) {
+    pub(crate) fn assert_clean(&self, pids: &[u32]) {
         let root = self.dir.path().canonicalize().unwrap();
         assert_eq!(mounts_under(&root), Vec::<PathBuf>::new(), "mounts left");
         assert_eq!(
@@ -311,7 +311,7 @@ impl Drop for Env {
     }
 }
 
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !done() {
         if start.elapsed() > limit {

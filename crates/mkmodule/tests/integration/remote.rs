@@ -14,7 +14,7 @@ use crate::common_tools::{
 use mkmodule_testkit::process::{free_port, kill_child, wait_until};
 
 /// An nginx serving `www` over http and https (the test CA's server certificate).
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     prefix: PathBuf,
     http: u16,
@@ -22,25 +22,33 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, pki: &Path) -> Nginx {
+    pub(crate) fn start(dir: &Path, pki: &Path) -> Nginx {
         require_tool("nginx");
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(prefix.join("www")).unwrap();
         std::fs::create_dir_all(prefix.join("tmp")).unwrap();
-        let (http, https) = (free_port(), free_port());
+        // `other`: a second http origin, logged apart in `other.log`.
+        let (http, https, other) = (free_port(), free_port(), free_port());
         let p = prefix.display();
         let pki = pki.display();
         // One process, no user switch (the test's temporary files are private), no daemon.
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
              error_log {p}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n\
-             log_format ranges '$request_method $uri \"$http_range\" $status $body_bytes_sent \
+             log_format ranges '$request_method $request_uri \"$http_range\" $status $body_bytes_sent \
              \"$http_x_token\"';\n\
              access_log {p}/access.log ranges;\n\
              client_body_temp_path {p}/tmp; proxy_temp_path {p}/tmp; fastcgi_temp_path {p}/tmp;\n\
              uwsgi_temp_path {p}/tmp; scgi_temp_path {p}/tmp;\n\
-             server {{ listen 127.0.0.1:{http}; root {p}/www; }}\n\
+             server {{ listen 127.0.0.1:{http}; root {p}/www;\n\
+             location /norange/ {{ max_ranges 0; }}\n\
+             location = /moved.cloop {{ return 301 /a.cloop; }}\n\
+             location = /found.cloop {{ return 302 a.cloop; }}\n\
+             location = /elsewhere.cloop {{ return 302 http://127.0.0.1:{other}/a.cloop; }}\n\
+             location = /loop.cloop {{ return 302 /loop.cloop; }} }}\n\
+             server {{ listen 127.0.0.1:{other}; root {p}/www; access_log {p}/other.log ranges; }}\n\
              server {{ listen 127.0.0.1:{https} ssl; root {p}/www;\n\
+             location = /down.cloop {{ return 302 http://127.0.0.1:{http}/a.cloop; }}\n\
              ssl_certificate {pki}/server-cert.pem; ssl_certificate_key {pki}/server-key.pem; }}\n\
              }}\n"
         );
@@ -60,6 +68,7 @@ impl Nginx {
         let up = wait_until(Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", https)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", other)).is_ok()
         });
         assert!(
             up,
@@ -70,14 +79,14 @@ impl Nginx {
     }
 
     /// Puts `file` at `/name` (replacing what was there).
-    fn publish(&self, file: &Path, name: &str) {
+    pub(crate) fn publish(&self, file: &Path, name: &str) {
         let target = self.prefix.join("www").join(name);
         let temp = target.with_extension("new");
         std::fs::copy(file, &temp).unwrap();
         std::fs::rename(&temp, &target).unwrap();
     }
 
-    fn url(&self, name: &str) -> String {
+    pub(crate) fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{name}", self.http)
     }
 
@@ -85,9 +94,15 @@ impl Nginx {
         format!("https://127.0.0.1:{}/{name}", self.https)
     }
 
-    /// The access log's lines so far: method, path, Range, status, body bytes, X-Token.
-    fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.prefix.join("access.log"))
+    /// The access log's lines so far: method, path (and query), Range, status, body bytes,
+    /// X-Token.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log_of("access.log")
+    }
+
+    /// The lines of the log named `name` in nginx's prefix.
+    fn log_of(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.prefix.join(name))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
@@ -344,4 +359,136 @@ fn fetch_over_http_with_a_seed_reads_only_the_changed_blocks_from_the_origin() {
         sent < image_len / 4,
         "{sent} bytes from the origin for a {image_len}-byte image: {report}"
     );
+}
+
+/// The lines of `log` for `path`, with or without a query.
+pub(crate) fn lines_for<'a>(log: &'a [String], path: &str) -> Vec<&'a String> {
+    let (word, query) = (format!(" {path} "), format!(" {path}?"));
+    log.iter()
+        .filter(|l| l.contains(&word) || l.contains(&query))
+        .collect()
+}
+
+#[test]
+fn origins_without_ranges_redirects_and_presigned_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (input, local) = image(dir.path(), 6);
+    nginx.publish(&local, "a.cloop");
+    std::fs::create_dir_all(nginx.prefix.join("www/norange")).unwrap();
+    nginx.publish(&local, "norange/a.cloop");
+    let local_info = info_without_path(&ok(&["info", "--json", &s(&local)]));
+    let ca = s(&pki.join("ca-cert.pem"));
+    let failing = |url: &str, extra: &[&str]| {
+        let mut args = vec!["info", url];
+        args.extend_from_slice(extra);
+        let out = mkmodule(&args);
+        assert!(!out.status.success(), "info {url} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // An origin that answers 200 with the whole file is refused at once, named.
+    let url = nginx.url("norange/a.cloop");
+    let text = failing(&url, &[]);
+    assert!(
+        text.contains(&url) && text.contains("ignores Range requests"),
+        "{text}"
+    );
+    assert_eq!(lines_for(&nginx.log(), "/norange/a.cloop").len(), 1);
+
+    // Redirects on the same origin (301 to a path, 302 to a relative one) are followed, the
+    // extra headers kept; every range is asked of the redirecting URL, then of its target.
+    for name in ["moved.cloop", "found.cloop"] {
+        let before = nginx.log().len();
+        let url = nginx.url(name);
+        let info = ok(&["info", "--json", &url, "--http-header", "X-Token: own"]);
+        assert_eq!(info_without_path(&info), local_info);
+        let log = nginx.log()[before..].to_vec();
+        let asked = lines_for(&log, &format!("/{name}"));
+        let served = lines_for(&log, "/a.cloop");
+        assert!(!asked.is_empty() && asked.len() == served.len(), "{log:?}");
+        assert!(served.iter().all(|l| l.ends_with("\"own\"")), "{log:?}");
+    }
+    let out = dir.path().join("out.raw");
+    ok(&["extract", &nginx.url("moved.cloop"), "-o", &s(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
+
+    // To another origin: followed, but the extra headers stay with the image URL's origin.
+    ok(&[
+        "verify",
+        &nginx.url("elsewhere.cloop"),
+        "--http-header",
+        "X-Token: own",
+    ]);
+    let other = nginx.log_of("other.log");
+    assert!(!other.is_empty());
+    assert!(other.iter().all(|l| l.ends_with("\"-\"")), "{other:?}");
+
+    // From https to http: refused (the image and any token would travel in the clear).
+    let down = format!("https://127.0.0.1:{}/down.cloop", nginx.https);
+    let text = failing(&down, &["--ca-cert", &ca]);
+    assert!(text.contains("in the clear"), "{text}");
+    // A redirect loop ends, named.
+    let text = failing(&nginx.url("loop.cloop"), &[]);
+    assert!(text.contains("redirects"), "{text}");
+
+    // A presigned-style URL works as any other; the disk cache finds a signed image's blocks
+    // again under a new signature (only the probe, header and index are fetched again).
+    let signed = |sig: &str| {
+        format!(
+            "{}?X-Amz-Signature={sig}&X-Amz-Expires=300",
+            nginx.url("a.cloop")
+        )
+    };
+    let cache = dir.path().join("cache");
+    let before = nginx.log().len();
+    ok(&["verify", &signed("0123abcd"), "--cache-dir", &s(&cache)]);
+    let middle = nginx.log().len();
+    ok(&["verify", &signed("4567ef01"), "--cache-dir", &s(&cache)]);
+    let log = nginx.log();
+    assert_eq!(
+        lines_for(&log[before..], "/a.cloop").len(),
+        log.len() - before
+    );
+    let image_len = std::fs::metadata(&local).unwrap().len();
+    let (cold, warm) = (body_bytes(&log[before..middle]), body_bytes(&log[middle..]));
+    assert!(cold >= image_len / 2, "cold: {cold} bytes");
+    assert!(
+        warm < image_len / 16,
+        "a new signature fetched {warm} bytes"
+    );
+}
+
+#[test]
+fn an_image_replaced_behind_a_redirect_is_never_mixed_in_nor_its_query_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls_credentials(&dir.path().join("pki"));
+    let nginx = Nginx::start(dir.path(), &pki);
+    let (input, local) = image(dir.path(), 7);
+    let (_, local2) = image(dir.path(), 8);
+    nginx.publish(&local, "a.cloop");
+    let url = format!("{}?X-Amz-Signature=feedface", nginx.url("moved.cloop"));
+    let served = ServedTcp::start(
+        dir.path(),
+        "serve",
+        &[&format!("m={url}"), "--cache-size", "1M"],
+    );
+    let expected = std::fs::read(&input).unwrap();
+    let mut client = NbdClient::connect(served.socket_addr(), "m").unwrap();
+    assert_eq!(client.read(0, 4096).unwrap(), expected[..4096]);
+    std::thread::sleep(Duration::from_millis(1100)); // a new Last-Modified second, another ETag
+    nginx.publish(&local2, "a.cloop");
+    let far = (3 << 20) + 999;
+    match client.read_reply(far, 4096).unwrap() {
+        Err(errno) => assert_eq!(errno, NBD_EIO),
+        Ok(_) => panic!("read bytes after the image behind the redirect was replaced"),
+    }
+    // The log names the URL, but not its query (a presigned URL's is a credential).
+    let log = served.wait_log("changed at the origin");
+    assert!(
+        log.contains(&format!("{}?…", nginx.url("moved.cloop"))) && !log.contains("feedface"),
+        "{log}"
+    );
+    served.terminate();
 }

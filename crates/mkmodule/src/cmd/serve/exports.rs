@@ -253,7 +253,7 @@ impl Opener {
         eprintln!(
             "mkmodule: export {:?}: {} ({what})",
             spec.name,
-            spec.path.display()
+            shown_path(&spec.path)
         );
         let sidecar = mkmodule_pack::verity::hash_file_path(&spec.path);
         let verity: Option<Arc<dyn BlockDevice>> = if self.cow.is_none() && sidecar.is_file() {
@@ -364,7 +364,7 @@ impl Exports {
                         "mkmodule: export {:?}: {} changed, but under --cow the export keeps \
                          the image its overlay was made over (restart to change it)",
                         spec.name,
-                        spec.path.display()
+                        shown_path(&spec.path)
                     );
                     next.push(old.clone());
                     continue;
@@ -384,7 +384,7 @@ impl Exports {
                         "mkmodule: error: export {:?}: {}; keeping the export opened from {}",
                         spec.name,
                         describe(&e),
-                        old.spec.path.display()
+                        shown_path(&old.spec.path)
                     );
                     notes.push(format!("kept {:?} (reopen failed)", spec.name));
                     next.push(old.clone());
@@ -565,6 +565,15 @@ mod tests {
         assert!(exports.next().is_err());
         std::fs::remove_file(&file).unwrap();
         assert!(exports.next().is_err());
+    }
+}
+
+/// An image path as the server's log shows it: a URL without its query (a presigned URL's
+/// query is a credential), a file as it is.
+fn shown_path(path: &Path) -> String {
+    match url_of(path) {
+        Some(url) => mkmodule_remote::shown_url(url),
+        None => path.display().to_string(),
     }
 }
 
