@@ -137,7 +137,7 @@ impl Image {
     /// read-ahead is off.
     pub fn prefetch(&self, offset: u64, len: u64) {
         let size = self.size();
-        let window = self.ahead.window();
+        let window = self.ahead.hint_window();
         if len == 0 || offset >= size || window == 0 {
             return;
         }

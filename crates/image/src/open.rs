@@ -171,7 +171,7 @@ impl Image {
         let window = (options.readahead / u64::from(block_size))
             .min(cache.capacity() as u64 / 2)
             .min(u64::from(u32::MAX)) as u32;
-        let ahead = ReadAhead::new(window, options.readahead_threads);
+        let ahead = ReadAhead::new(window, options.readahead_threads, source.asked_only());
         let core = Core {
             path,
             source,
