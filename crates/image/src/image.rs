@@ -114,7 +114,8 @@ impl Image {
         self.core.cache.capacity()
     }
 
-    /// Blocks decoded ahead of a sequential reader (0 when read-ahead is off).
+    /// Blocks decoded ahead of a sequential reader (0 when read-ahead is off, or when the source
+    /// wants asked-for reads only).
     pub fn readahead_window(&self) -> u32 {
         self.ahead.window()
     }

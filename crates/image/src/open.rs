@@ -37,6 +37,8 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
     /// Bytes to decode ahead of a sequential reader (default 4 MiB; 0 disables read-ahead).
     /// Limited to half the cache, so blocks decoded ahead are not evicted before they are read.
+    /// A source that wants asked-for reads only ([`ImageSource::asked_only`], a remote one) gets
+    /// no read-ahead: the value then bounds only hints ([`crate::Image::prefetch`]).
     pub readahead: u64,
     /// Threads of the read-ahead pool, started on the first sequential read (default: the
     /// number of cores, at most 8).
