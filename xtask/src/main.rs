@@ -11,6 +11,7 @@ mod fuzz;
 mod live_iso;
 mod remaster;
 mod storm;
+mod storm_origin;
 
 use std::process::Command;
 
@@ -50,12 +51,13 @@ tasks:
           rewrite 100 files, delete 5; time create vs create --reuse, share of blocks copied,
           byte identity, fetch --seed bytes read (target/remaster.md); then the ISO 9660 study
           on $CORPUS/rootfs (--no-iso skips it); --debug times the debug build (checks only)
-  storm [--record] [--clients N]
+  storm [--record] [--clients N] [--mkmodule BIN]
           boot storm: replay a guest boot's block reads (recorded once with mkmodule serve
           --trace while qemu boots $CORPUS/rootfs.ext4 with systemd) from N NBD clients at once
           (default 32) through mkmodule serve URL (cold and warm cache), mkmodule serve FILE,
-          qemu-nbd (cloop over curl) and nbdkit curl + cache, nginx as the origin; origin bytes,
-          MB/s, p50/p99 latency (target/storm.md); also a section of compare
+          qemu-nbd (cloop over curl) and nbdkit curl + cache, nginx as the origin; origin bytes
+          (and where they went, request by request), MB/s, p50/p99 latency (target/storm.md);
+          --mkmodule runs BIN instead of this tree's release build; also a section of compare
   live-iso --root ROOT.img [--module M.img ...] -o live.iso [--kernel K] [--initrd I]
           [--kernel-dir DIR] [--label L] [--append WORDS] [--menu-seconds N] [--mkmodule BIN]
           a bootable hybrid ISO (BIOS and UEFI, grub-mkrescue): ROOT.img compressed by mkmodule

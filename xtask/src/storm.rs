@@ -1,4 +1,4 @@
-//! `cargo xtask storm [--record] [--clients N]`: the boot-storm benchmark. Many machines boot
+//! `cargo xtask storm [--record] [--clients N] [--mkmodule PATH]`: the boot-storm benchmark. Many machines boot
 //! from one image at once, the image kept on a central web origin.
 //!
 //! 1. The trace: the block reads of a real boot. A qemu guest (TCG, `scripts/guest-boot-test.sh`)
@@ -20,8 +20,9 @@
 //!
 //! Reported (stdout and `target/storm.md`): origin bytes over the compressed bytes of the
 //! trace's distinct blocks, aggregate MB/s of data the clients received, p50/p99 latency per
-//! request, and ratios against qemu-nbd and the local file. Every process is stopped by its id
-//! and every wait is bounded.
+//! request, and ratios against qemu-nbd and the local file; then, for each row that read the
+//! compressed image, where its origin bytes went (`storm_origin`). Every process is stopped by
+//! its id and every wait is bounded.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -38,6 +39,7 @@ use mkmodule_testkit::process::free_port;
 use mkmodule_testkit::replay::{distinct_blocks, parse_trace, replay, ReplayReport, TraceRead};
 
 use crate::common::{corpus_dir, positive_arg, require_tools, workspace_root};
+use crate::storm_origin::{breakdown, Breakdown};
 use crate::{cargo, run};
 
 /// Clients of the storm unless `--clients` says otherwise.
@@ -48,22 +50,37 @@ const BOOT_SECONDS: u64 = 420;
 const BOOT_UNTIL: &str = "Reached target.*(Multi-User System|Graphical Interface)";
 /// The export name every server uses.
 const EXPORT: &str = "root";
+/// The compressed image's name at the origin.
+const IMAGE_NAME: &str = "rootfs.cloop";
 
 /// `cargo xtask storm`.
 pub fn storm(args: &[String]) -> Result<()> {
     let mut record = false;
     let mut clients = DEFAULT_CLIENTS;
+    let mut given: Option<PathBuf> = None;
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match word.as_str() {
             "--record" => record = true,
             "--clients" => clients = positive_arg(&mut words, "--clients")?,
-            other => bail!("storm: unknown argument {other:?} (expected --record, --clients N)"),
+            "--mkmodule" => {
+                let path = words.next().context("--mkmodule needs a path")?;
+                given = Some(std::fs::canonicalize(path).with_context(|| path.clone())?);
+            }
+            other => bail!(
+                "storm: unknown argument {other:?} (expected --record, --clients N, --mkmodule PATH)"
+            ),
         }
     }
-    cargo(&["build", "--release", "-p", "mkmodule"])?;
     let root = workspace_root()?;
-    let mkmodule = root.join("target/release/mkmodule");
+    // Another build (an earlier commit's, say) to compare; by default this tree's release build.
+    let mkmodule = match given {
+        Some(path) => path,
+        None => {
+            cargo(&["build", "--release", "-p", "mkmodule"])?;
+            root.join("target/release/mkmodule")
+        }
+    };
     let raw = corpus_dir().join("rootfs.ext4");
     if !raw.is_file() {
         bail!(
@@ -87,7 +104,7 @@ pub fn section(mkmodule: &Path, raw: &Path, clients: usize, record: bool) -> Res
     let scratch = root.join("target/storm");
     let www = scratch.join("www");
     std::fs::create_dir_all(&www)?;
-    let image = www.join("rootfs.cloop");
+    let image = www.join(IMAGE_NAME);
     make_image(mkmodule, raw, &image)?;
     let raw_link = www.join("rootfs.raw");
     let _ = std::fs::remove_file(&raw_link);
@@ -104,7 +121,8 @@ pub fn section(mkmodule: &Path, raw: &Path, clients: usize, record: bool) -> Res
         bail!("{} holds no reads", trace_path.display());
     }
     let boot = std::fs::read_to_string(&boot_path).unwrap_or_default();
-    let (distinct, compressed) = distinct_compressed_bytes(&image, &trace)?;
+    let blocks = TraceBlocks::of(&image, &trace)?;
+    let (distinct, compressed) = (blocks.distinct, blocks.compressed());
     let trace_bytes: u64 = trace.iter().map(|r| u64::from(r.len)).sum();
 
     let nginx = Nginx::start(&www, &scratch.join("nginx")).map_err(|e| anyhow!(e))?;
@@ -114,8 +132,9 @@ pub fn section(mkmodule: &Path, raw: &Path, clients: usize, record: bool) -> Res
         trace: &trace,
         clients,
         raw: &raw_file,
+        blocks: &blocks,
     };
-    let image_url = nginx.url("rootfs.cloop");
+    let image_url = nginx.url(IMAGE_NAME);
     let mut rows = Vec::new();
 
     // mkmodule from the origin: cold, then warm (restarted on the same cache directory).
@@ -276,30 +295,52 @@ fn sha256_prefix(path: &Path) -> Result<String> {
         .to_string())
 }
 
-/// How many distinct blocks the trace touches and their compressed bytes in `image`.
-fn distinct_compressed_bytes(image: &Path, trace: &[TraceRead]) -> Result<(usize, u64)> {
-    let file = File::open(image)?;
-    let len = file.metadata()?.len();
-    let probe = PROBE_LEN.min(len as usize);
-    let mut head = vec![0; probe];
-    let mut tail = vec![0; probe];
-    file.read_exact_at(&mut head, 0)?;
-    file.read_exact_at(&mut tail, len - probe as u64)?;
-    let layout = detect(&head, &tail, len)?;
-    let mut index = vec![0; usize::try_from(layout.index_len())?];
-    file.read_exact_at(&mut index, layout.index_offset)?;
-    let index = BlockIndex::parse(&layout, &index)?;
-    let block_size = u64::from(layout.header.block_size);
-    let blocks = distinct_blocks(trace, block_size);
-    // Blocks that share their bytes (dedup) are fetched once: count each stored range once.
-    let mut ranges: Vec<(u64, u32)> = blocks
-        .iter()
-        .filter_map(|&b| index.get(usize::try_from(b).ok()?))
-        .map(|e| (e.offset, e.len))
-        .collect();
-    ranges.sort_unstable();
-    ranges.dedup();
-    Ok((blocks.len(), ranges.iter().map(|r| u64::from(r.1)).sum()))
+/// The stored blocks of the benchmark image and the ones the trace reads.
+struct TraceBlocks {
+    /// Every block's stored range `(offset, len)`.
+    all: Vec<(u64, u32)>,
+    /// The stored ranges of the blocks the trace reads, sorted, each once.
+    read: Vec<(u64, u32)>,
+    /// Distinct blocks the trace reads.
+    distinct: usize,
+}
+
+impl TraceBlocks {
+    /// Compressed bytes of the blocks the trace reads.
+    fn compressed(&self) -> u64 {
+        self.read.iter().map(|r| u64::from(r.1)).sum()
+    }
+
+    /// Reads `image`'s index and lays `trace` over it.
+    fn of(image: &Path, trace: &[TraceRead]) -> Result<TraceBlocks> {
+        let file = File::open(image)?;
+        let len = file.metadata()?.len();
+        let probe = PROBE_LEN.min(len as usize);
+        let mut head = vec![0; probe];
+        let mut tail = vec![0; probe];
+        file.read_exact_at(&mut head, 0)?;
+        file.read_exact_at(&mut tail, len - probe as u64)?;
+        let layout = detect(&head, &tail, len)?;
+        let mut index = vec![0; usize::try_from(layout.index_len())?];
+        file.read_exact_at(&mut index, layout.index_offset)?;
+        let index = BlockIndex::parse(&layout, &index)?;
+        let block_size = u64::from(layout.header.block_size);
+        let blocks = distinct_blocks(trace, block_size);
+        // Blocks that share their bytes (dedup) are fetched once: count each stored range once.
+        let mut ranges: Vec<(u64, u32)> = blocks
+            .iter()
+            .filter_map(|&b| index.get(usize::try_from(b).ok()?))
+            .map(|e| (e.offset, e.len))
+            .filter(|r| r.1 > 0)
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        Ok(TraceBlocks {
+            all: index.blocks().iter().map(|e| (e.offset, e.len)).collect(),
+            read: ranges,
+            distinct: blocks.len(),
+        })
+    }
 }
 
 /// Whether this mkmodule's `serve` reads images from a web origin.
@@ -487,6 +528,8 @@ struct Row {
     label: String,
     /// Origin bytes and the replay, or why the row could not run.
     result: std::result::Result<(u64, ReplayReport), String>,
+    /// Where the origin bytes of the compressed image went.
+    origin: Breakdown,
 }
 
 impl Row {
@@ -494,6 +537,7 @@ impl Row {
         Row {
             label: label.to_string(),
             result: Err(why.to_string()),
+            origin: Breakdown::default(),
         }
     }
 }
@@ -504,6 +548,7 @@ struct Storm<'a> {
     trace: &'a [TraceRead],
     clients: usize,
     raw: &'a File,
+    blocks: &'a TraceBlocks,
 }
 
 impl Storm<'_> {
@@ -516,7 +561,7 @@ impl Storm<'_> {
         env: &[(&str, PathBuf)],
         port: u16,
     ) -> Result<Row> {
-        let before = self.origin_bytes()?;
+        let before = self.origin_mark()?;
         let server = Server::start(label, program, args, env, port)?;
         let result = self.replay(label, &server);
         server.stop();
@@ -534,7 +579,7 @@ impl Storm<'_> {
         let server = Server::start(labels[0], program, args, &[], port)?;
         let mut rows = Vec::new();
         for label in labels {
-            let before = self.origin_bytes()?;
+            let before = self.origin_mark()?;
             let result = self.replay(label, &server);
             rows.push(self.row(label, before, result)?);
         }
@@ -560,19 +605,34 @@ impl Storm<'_> {
         Ok(report)
     }
 
-    fn row(&self, label: &str, before: u64, result: Result<ReplayReport>) -> Result<Row> {
+    fn row(&self, label: &str, before: (u64, usize), result: Result<ReplayReport>) -> Result<Row> {
         let result = match result {
-            Ok(report) => Ok((self.settled_origin_bytes()? - before, report)),
+            Ok(report) => Ok((self.settled_origin_bytes()? - before.0, report)),
             Err(e) => Err(format!("{e:#}")),
         };
+        let log = self.nginx.log().map_err(|e| anyhow!(e))?;
+        let requests: Vec<_> = log
+            .get(before.1..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.uri.ends_with(IMAGE_NAME))
+            .map(|e| (e.range, e.body_bytes))
+            .collect();
         Ok(Row {
             label: label.to_string(),
             result,
+            origin: breakdown(&self.blocks.all, &self.blocks.read, &requests),
         })
     }
 
     fn origin_bytes(&self) -> Result<u64> {
         self.nginx.body_bytes().map_err(|e| anyhow!(e))
+    }
+
+    /// The origin's byte count and log length so far.
+    fn origin_mark(&self) -> Result<(u64, usize)> {
+        let log = self.nginx.log().map_err(|e| anyhow!(e))?;
+        Ok((log.iter().map(|e| e.body_bytes).sum(), log.len()))
     }
 
     /// The origin's byte count once its log stopped growing (nginx logs a request when it
@@ -662,6 +722,21 @@ fn render(s: &Summary<'_>) -> String {
             }
         }
     }
+    let analysed: Vec<(&str, &Breakdown)> = s
+        .rows
+        .iter()
+        .filter(|r| r.origin.requests > 0)
+        .map(|r| (r.label.as_str(), &r.origin))
+        .collect();
+    if !analysed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nWhere the origin bytes of the compressed image went (each range request laid over \
+             the block index; in brackets: first fetches over the distinct compressed bytes, and \
+             requests that fetched such bytes):\n"
+        );
+        md.push_str(&crate::storm_origin::render(&analysed, s.compressed));
+    }
     let _ = writeln!(
         md,
         "\nGoals: origin / distinct compressed at most 1.05 cold and 0 warm; cold at least 4x \
@@ -705,10 +780,18 @@ mod tests {
             Row {
                 label: "mkmodule serve FILE (local)".into(),
                 result: Ok((0, rep(1000))),
+                origin: Breakdown::default(),
             },
             Row {
                 label: "qemu-nbd, cloop over curl".into(),
                 result: Ok((300, rep(4000))),
+                origin: Breakdown {
+                    requests: 3,
+                    needed: 100,
+                    again: 200,
+                    again_requests: 2,
+                    ..Breakdown::default()
+                },
             },
             Row::missing("mkmodule serve URL", "no URL support"),
         ];
@@ -735,5 +818,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not run: no URL support"), "{md}");
+        assert!(
+            md.contains("| qemu-nbd, cloop over curl | 3 | 0.00 (1.000) | 0.00 (2) |"),
+            "{md}"
+        );
+        assert!(!md.contains("| mkmodule serve FILE (local) | 0 |"), "{md}");
     }
 }

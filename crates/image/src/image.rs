@@ -114,7 +114,8 @@ impl Image {
         self.core.cache.capacity()
     }
 
-    /// Blocks decoded ahead of a sequential reader (0 when read-ahead is off).
+    /// Blocks decoded ahead of a sequential reader (0 when read-ahead is off, or when the source
+    /// wants asked-for reads only).
     pub fn readahead_window(&self) -> u32 {
         self.ahead.window()
     }
@@ -137,7 +138,7 @@ impl Image {
     /// read-ahead is off.
     pub fn prefetch(&self, offset: u64, len: u64) {
         let size = self.size();
-        let window = self.ahead.window();
+        let window = self.ahead.hint_window();
         if len == 0 || offset >= size || window == 0 {
             return;
         }

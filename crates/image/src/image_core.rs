@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use mkmodule_format::{BlockIndex, BlockKind, Layout, Trailer};
 
-use crate::cache::{Block, BlockCache, Lookup};
+use crate::cache::{Block, BlockCache, Claim, Lookup};
 use crate::decode::Blocks;
 use crate::source::Source;
 use crate::zero_map::ZeroMap;
@@ -86,6 +86,64 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// Decodes the blocks whose claims the caller holds (cache keys, in any order) and finishes
+    /// every claim. The compressed bytes of several blocks are read with one
+    /// [`crate::ImageSource::read_many_at`] call (a remote source fetches adjacent ones with
+    /// one request), unless the source holds them in memory anyway. Returns each block with
+    /// its decoded bytes, `None` where decoding failed (its own read then reports the error).
+    pub(crate) fn decode_claimed(
+        &self,
+        claims: Vec<(u32, Claim<'_>)>,
+    ) -> Vec<(u32, Option<Block>)> {
+        if claims.is_empty() {
+            return Vec::new();
+        }
+        let blocks: Vec<u32> = claims.iter().map(|(block, _)| *block).collect();
+        // A failed read leaves each block to its own read, whose error names the block.
+        let fetched = if claims.len() > 1 && !self.source.in_memory() {
+            self.blocks().read_many(&blocks).ok()
+        } else {
+            None
+        };
+        claims
+            .into_iter()
+            .enumerate()
+            .map(|(k, (block, claim))| {
+                let bytes = fetched.as_ref().and_then(|f| f[k].as_deref());
+                let value = self.decode_new_from(block, bytes).ok();
+                claim.finish(value.clone());
+                (block, value)
+            })
+            .collect()
+    }
+
+    /// Decodes together the blocks of `first..=last` that are neither known zero, cached nor
+    /// being decoded by another thread, and returns them by cache key: the blocks one read
+    /// asks for, fetched together without a block nobody asked for.
+    pub(crate) fn load_together(&self, first: u32, last: u32) -> Vec<(u32, Block)> {
+        let mut claims: Vec<(u32, Claim<'_>)> = Vec::new();
+        for block in first..=last {
+            if self.zero.is_zero(block) {
+                continue;
+            }
+            let key = self.cache_key(block);
+            if claims.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            // Registered unclaimed, then claimed: a thread that found it registered in
+            // between and claimed it first decodes it, and this read waits for that one.
+            if let Some(pending) = self.cache.queue(key) {
+                if pending.claim() {
+                    claims.push((key, self.cache.claimed(key, pending, false)));
+                }
+            }
+        }
+        self.decode_claimed(claims)
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect()
     }
 
     /// The decoded block `block`, from the cache or decoded now (once, however many threads ask).

@@ -37,6 +37,8 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
     /// Bytes to decode ahead of a sequential reader (default 4 MiB; 0 disables read-ahead).
     /// Limited to half the cache, so blocks decoded ahead are not evicted before they are read.
+    /// A source that wants asked-for reads only ([`ImageSource::asked_only`], a remote one) gets
+    /// no read-ahead: the value then bounds only hints ([`crate::Image::prefetch`]).
     pub readahead: u64,
     /// Threads of the read-ahead pool, started on the first sequential read (default: the
     /// number of cores, at most 8).
@@ -171,7 +173,7 @@ impl Image {
         let window = (options.readahead / u64::from(block_size))
             .min(cache.capacity() as u64 / 2)
             .min(u64::from(u32::MAX)) as u32;
-        let ahead = ReadAhead::new(window, options.readahead_threads);
+        let ahead = ReadAhead::new(window, options.readahead_threads, source.asked_only());
         let core = Core {
             path,
             source,

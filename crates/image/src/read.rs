@@ -21,7 +21,7 @@ impl Image {
         let bs = u64::from(self.block_size());
         let first = (offset / bs) as u32;
         let last = ((offset + len as u64 - 1) / bs) as u32;
-        self.ahead.observe(&self.core, first, last);
+        let loaded = self.ahead.observe(&self.core, first, last);
         let mut done = 0usize;
         for block in first..=last {
             let at = offset + done as u64;
@@ -31,7 +31,11 @@ impl Image {
             if self.core.zero.is_zero(block) {
                 dst.fill(0);
             } else {
-                let data = self.core.get_block(block)?;
+                let key = self.core.cache_key(block);
+                let data = match loaded.iter().find(|(k, _)| *k == key) {
+                    Some((_, data)) => std::sync::Arc::clone(data),
+                    None => self.core.get_block(block)?,
+                };
                 dst.copy_from_slice(&data[within..within + take]);
             }
             done += take;
@@ -100,7 +104,8 @@ impl Read for ImageReader<'_> {
             Some((held, data)) if *held == block => data.clone(),
             _ => {
                 // Go through read_at's bookkeeping once per block, then serve from the block.
-                self.image.ahead.observe(&self.image.core, block, block);
+                // One block: nothing is loaded for it here.
+                let _ = self.image.ahead.observe(&self.image.core, block, block);
                 let data = self.image.block(block)?;
                 self.current = Some((block, data.clone()));
                 data

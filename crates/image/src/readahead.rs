@@ -15,6 +15,13 @@
 //! Blocks are queued in batches of consecutive blocks (a window shared among the threads); a
 //! worker reads the compressed bytes of the blocks it claimed in a batch with one
 //! [`crate::ImageSource::read_many_at`] call, which a remote source turns into one request.
+//!
+//! A source whose every byte is a transfer from elsewhere ([`crate::ImageSource::asked_only`]:
+//! a web origin) gets no speculative read-ahead: a boot reads scattered pieces of files, and
+//! blocks decoded ahead of them are mostly blocks nobody reads, fetched for nothing. There a
+//! read that spans several blocks has its missing blocks read together instead (one request
+//! for adjacent ones), and only explicit hints ([`ReadAhead::queue`], NBD's `CACHE`) reach the
+//! pool: what is fetched is exactly what readers asked for.
 
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +30,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::cache::Pending;
+use crate::cache::{Block, Pending};
 use crate::image_core::Core;
 
 /// Sequential streams tracked at once.
@@ -63,16 +70,20 @@ struct Pool {
 pub(crate) struct ReadAhead {
     window: u32,
     threads: usize,
+    /// Read only what readers ask for (no blocks ahead of sequential readers).
+    asked_only: bool,
     streams: Mutex<Streams>,
     pool: OnceLock<Option<Pool>>,
 }
 
 impl ReadAhead {
-    /// Read-ahead of `window` blocks on `threads` threads (`window` 0 disables it).
-    pub(crate) fn new(window: u32, threads: usize) -> ReadAhead {
+    /// Read-ahead of `window` blocks on `threads` threads (`window` 0 disables it); with
+    /// `asked_only`, none ahead of sequential readers, the window bounding only hints.
+    pub(crate) fn new(window: u32, threads: usize, asked_only: bool) -> ReadAhead {
         ReadAhead {
             window: if threads == 0 { 0 } else { window },
             threads,
+            asked_only,
             streams: Mutex::new(Streams::default()),
             pool: OnceLock::new(),
         }
@@ -80,20 +91,38 @@ impl ReadAhead {
 
     /// Blocks it keeps decoded ahead of a sequential reader (0: read-ahead is off).
     pub(crate) fn window(&self) -> u32 {
+        if self.asked_only {
+            0
+        } else {
+            self.window
+        }
+    }
+
+    /// Most blocks one hint may queue (0: hints are ignored).
+    pub(crate) fn hint_window(&self) -> u32 {
         self.window
     }
 
-    /// Notes a read of blocks `first..=last` and queues blocks ahead when the reader is
-    /// sequential.
-    pub(crate) fn observe(&self, core: &Arc<Core>, first: u32, last: u32) {
+    /// Notes a read of blocks `first..=last`, before the reader fetches them. Queues blocks
+    /// ahead when the reader is sequential; for a source that wants asked-for reads only,
+    /// decodes the blocks of a read that spans several together instead and returns them (by
+    /// cache key) for the reader to use.
+    pub(crate) fn observe(&self, core: &Arc<Core>, first: u32, last: u32) -> Vec<(u32, Block)> {
+        if self.asked_only {
+            return if last > first {
+                core.load_together(first, last)
+            } else {
+                Vec::new()
+            };
+        }
         if self.window == 0 {
-            return;
+            return Vec::new();
         }
         let num_blocks = core.index.header().num_blocks;
-        let Some(range) = self.plan(first, last, num_blocks) else {
-            return;
-        };
-        self.queue(core, range);
+        if let Some(range) = self.plan(first, last, num_blocks) {
+            self.queue(core, range);
+        }
+        Vec::new()
     }
 
     /// Queues blocks on the pool (a hint, e.g. NBD's `CACHE` command): each block that is
@@ -240,21 +269,7 @@ fn work(core: &Core, jobs: &Receiver<Job>, stop: &AtomicBool) {
             .filter(|(_, pending)| pending.claim())
             .map(|(block, pending)| (block, core.cache.claimed(block, pending, true)))
             .collect();
-        if claims.is_empty() {
-            continue;
-        }
-        let blocks: Vec<u32> = claims.iter().map(|(block, _)| *block).collect();
-        // A failed read leaves each block to its own read, whose error names the block.
-        let fetched = if claims.len() > 1 && !core.source.in_memory() {
-            core.blocks().read_many(&blocks).ok()
-        } else {
-            None
-        };
-        for (k, (block, claim)) in claims.into_iter().enumerate() {
-            let bytes = fetched.as_ref().and_then(|f| f[k].as_deref());
-            let value = core.decode_new_from(block, bytes).ok();
-            claim.finish(value);
-        }
+        core.decode_claimed(claims);
     }
 }
 
@@ -264,7 +279,7 @@ mod tests {
 
     #[test]
     fn random_reads_queue_nothing() {
-        let ra = ReadAhead::new(8, 1);
+        let ra = ReadAhead::new(8, 1, false);
         for block in [5, 90, 17, 3, 60, 44] {
             assert_eq!(ra.plan(block, block, 100), None);
         }
@@ -272,7 +287,7 @@ mod tests {
 
     #[test]
     fn sequential_reads_queue_a_window_and_top_it_up() {
-        let ra = ReadAhead::new(8, 1);
+        let ra = ReadAhead::new(8, 1, false);
         assert_eq!(ra.plan(10, 10, 100), None);
         assert_eq!(ra.plan(10, 10, 100), None); // same block again: not yet sequential
         assert_eq!(ra.plan(11, 11, 100), Some(12..=19));
@@ -286,13 +301,13 @@ mod tests {
 
     #[test]
     fn a_read_spanning_blocks_is_sequential() {
-        let ra = ReadAhead::new(4, 1);
+        let ra = ReadAhead::new(4, 1, false);
         assert_eq!(ra.plan(0, 3, 100), Some(1..=7));
     }
 
     #[test]
     fn several_streams_are_tracked() {
-        let ra = ReadAhead::new(4, 1);
+        let ra = ReadAhead::new(4, 1, false);
         assert_eq!(ra.plan(0, 0, 1000), None);
         assert_eq!(ra.plan(500, 500, 1000), None);
         assert_eq!(ra.plan(1, 1, 1000), Some(2..=5));

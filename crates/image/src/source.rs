@@ -41,6 +41,14 @@ pub trait ImageSource: Send + Sync {
     fn bytes(&self) -> Option<&[u8]> {
         None
     }
+
+    /// Whether the source wants to be asked only for bytes readers need: each byte it reads
+    /// costs a transfer from elsewhere (a remote origin). The reader then never reads blocks
+    /// ahead of a sequential reader; it reads the blocks one read spans together instead (one
+    /// [`ImageSource::read_many_at`] call). Default: false (read-ahead as configured).
+    fn asked_only(&self) -> bool {
+        false
+    }
 }
 
 /// A local file or block device, read with positioned reads: safe whatever happens to it.
@@ -129,6 +137,12 @@ impl Source {
     /// Reads several ranges (see [`ImageSource::read_many_at`]).
     pub(crate) fn read_many_at(&self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
         self.0.read_many_at(reads)
+    }
+
+    /// Whether the source wants reads of asked-for blocks only (see
+    /// [`ImageSource::asked_only`]).
+    pub(crate) fn asked_only(&self) -> bool {
+        self.0.asked_only()
     }
 
     /// Whether the source holds all its bytes in memory (reads cost no I/O).

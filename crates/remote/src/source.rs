@@ -3,7 +3,10 @@
 //! Every read is a range of the image pinned at open (length, ETag, Last-Modified). A read is
 //! served from the disk cache when it holds the range, else fetched from the origin (one fetch
 //! for concurrent readers of the same range, a few fetches at a time) and written to the cache.
-//! Adjacent ranges of a [`ImageSource::read_many_at`] call are fetched with one request.
+//! Adjacent ranges of a [`ImageSource::read_many_at`] call are fetched with one request; ranges
+//! with a gap between them are never merged, so no byte is fetched that nobody asked for. The
+//! source tells the reader it wants asked-for reads only ([`ImageSource::asked_only`]), so the
+//! reader reads no blocks ahead of sequential readers from it.
 //!
 //! The cache is keyed by the image's identity, known only once the image is parsed: the ranges
 //! read before [`HttpSource::bind_cache`] (header, index, trailer) are kept in memory and
@@ -257,6 +260,12 @@ impl ImageSource for HttpSource {
         buf.copy_from_slice(&bytes);
         inner.keep(identity.as_deref(), offset, &bytes);
         Ok(())
+    }
+
+    /// Every byte not in the cache is a transfer from the origin: readers get the blocks they
+    /// ask for, and no read-ahead.
+    fn asked_only(&self) -> bool {
+        true
     }
 
     fn read_many_at(&self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {

@@ -34,10 +34,14 @@ enum Fault {
     OtherEtag,
 }
 
+/// The first and last byte of each range request, in order.
+type Ranges = Arc<Mutex<Vec<(u64, u64)>>>;
+
 struct Origin {
     url: String,
     fault: Arc<Mutex<Fault>>,
     requests: Arc<AtomicUsize>,
+    ranges: Ranges,
     stop: Arc<AtomicBool>,
     port: u16,
 }
@@ -48,18 +52,29 @@ impl Origin {
         let port = listener.local_addr().unwrap().port();
         let fault = Arc::new(Mutex::new(Fault::None));
         let requests = Arc::new(AtomicUsize::new(0));
+        let ranges = Ranges::default();
         let stop = Arc::new(AtomicBool::new(false));
         let image = Arc::new(image);
         {
-            let (fault, requests, stop) = (fault.clone(), requests.clone(), stop.clone());
+            let (fault, requests, ranges, stop) = (
+                fault.clone(),
+                requests.clone(),
+                ranges.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (fault, requests, image) = (fault.clone(), requests.clone(), image.clone());
-                    std::thread::spawn(move || serve(stream, &image, &fault, &requests));
+                    let (fault, requests, ranges, image) = (
+                        fault.clone(),
+                        requests.clone(),
+                        ranges.clone(),
+                        image.clone(),
+                    );
+                    std::thread::spawn(move || serve(stream, &image, &fault, &requests, &ranges));
                 }
             });
         }
@@ -67,6 +82,7 @@ impl Origin {
             url: format!("http://127.0.0.1:{port}/image.cloop"),
             fault,
             requests,
+            ranges,
             stop,
             port,
         }
@@ -85,7 +101,13 @@ impl Drop for Origin {
 }
 
 /// Serves the requests of one connection.
-fn serve(stream: TcpStream, image: &[u8], fault: &Mutex<Fault>, requests: &AtomicUsize) {
+fn serve(
+    stream: TcpStream,
+    image: &[u8],
+    fault: &Mutex<Fault>,
+    requests: &AtomicUsize,
+    ranges: &Mutex<Vec<(u64, u64)>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -109,6 +131,7 @@ fn serve(stream: TcpStream, image: &[u8], fault: &Mutex<Fault>, requests: &Atomi
         }
         requests.fetch_add(1, Ordering::SeqCst);
         let (start, end) = range.expect("a range request");
+        ranges.lock().unwrap().push((start, end));
         let len = image.len() as u64;
         let probe = (start, end) == (0, 0);
         let mut now = if probe {
@@ -344,4 +367,45 @@ fn a_server_that_ignores_ranges_is_refused() {
     };
     assert!(error.to_string().contains("ignores Range"), "{error}");
     server.join().unwrap();
+}
+
+/// An image read through the reader over HTTP fetches exactly the blocks its readers ask for:
+/// no read-ahead however sequential the reads, the blocks of one read in one request.
+#[test]
+fn the_reader_fetches_exactly_the_blocks_asked_for() {
+    use mkmodule_format::Dialect;
+    use mkmodule_image::{Image, OpenOptions};
+    use mkmodule_testkit::data::random;
+    use mkmodule_testkit::image::{build, Spec};
+
+    let bs = 4096u64;
+    let built = build(
+        &random(48 * bs as usize, 3),
+        &Spec::new(Dialect::LinuxV2, bs as u32),
+    );
+    let origin = Origin::start(built.image.clone());
+    let source = HttpSource::open(&origin.url, &options(Duration::from_secs(10))).unwrap();
+    let image = Image::open_source(Box::new(source), "remote", &OpenOptions::default()).unwrap();
+    let stored = |b: u64| {
+        let e = image.index().get(b as usize).unwrap();
+        (e.offset, e.offset + u64::from(e.len) - 1)
+    };
+    origin.ranges.lock().unwrap().clear();
+    let mut buf = vec![0u8; 3 * bs as usize];
+    // Blocks 10 to 17 one small read each (sequential: a local file would read ahead), then
+    // 30 to 32 in one read, then 29 to 33 of which only 29 and 33 are missing.
+    for b in 10..18 {
+        image.read_exact_at(&mut buf[..512], b * bs + 7).unwrap();
+        assert_eq!(buf[..512], built.expected[(b * bs + 7) as usize..][..512]);
+    }
+    image.read_exact_at(&mut buf, 30 * bs).unwrap();
+    assert_eq!(buf, built.expected[(30 * bs) as usize..][..buf.len()]);
+    let mut wide = vec![0u8; 5 * bs as usize];
+    image.read_exact_at(&mut wide, 29 * bs).unwrap();
+    assert_eq!(wide, built.expected[(29 * bs) as usize..][..wide.len()]);
+    let mut want: Vec<(u64, u64)> = (10..18).map(stored).collect();
+    want.push((stored(30).0, stored(32).1));
+    want.push(stored(29));
+    want.push(stored(33));
+    assert_eq!(*origin.ranges.lock().unwrap(), want);
 }

@@ -20,13 +20,24 @@ pub struct LogEntry {
     pub status: u16,
     /// Bytes of the response body sent (nginx's `$body_bytes_sent`).
     pub body_bytes: u64,
+    /// The request's `Range` header when it asked for one range `bytes=FIRST-LAST`: the first
+    /// and last byte asked for.
+    pub range: Option<(u64, u64)>,
 }
 
-/// The access log's format: `$request_uri $status $body_bytes_sent`.
-const LOG_FORMAT: &str = "'$request_uri $status $body_bytes_sent'";
+/// The access log's format: `$request_uri $status $body_bytes_sent $http_range` (nginx writes
+/// `-` for a request without a Range header).
+const LOG_FORMAT: &str = "'$request_uri $status $body_bytes_sent $http_range'";
 
-/// Parses the access log written with this module's format; lines that do not fit are errors
-/// naming the line.
+/// `bytes=FIRST-LAST` as `(FIRST, LAST)`; anything else (no header, suffix or open ranges,
+/// several ranges) is `None`.
+fn parse_range(header: &str) -> Option<(u64, u64)> {
+    let (first, last) = header.strip_prefix("bytes=")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// Parses the access log written with this module's format (the range field may be absent);
+/// lines that do not fit are errors naming the line.
 pub fn parse_access_log(text: &str) -> Result<Vec<LogEntry>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -37,6 +48,7 @@ pub fn parse_access_log(text: &str) -> Result<Vec<LogEntry>, String> {
             let uri = words.next().ok_or_else(bad)?.to_string();
             let status = words.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
             let body_bytes = words.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let range = words.next().and_then(parse_range);
             if words.next().is_some() {
                 return Err(bad());
             }
@@ -44,6 +56,7 @@ pub fn parse_access_log(text: &str) -> Result<Vec<LogEntry>, String> {
                 uri,
                 status,
                 body_bytes,
+                range,
             })
         })
         .collect()

@@ -7,6 +7,7 @@
 //! Tests here run as threads of one process: anything process-wide (environment variables, the
 //! current directory, signal handlers, fixed ports) must be serialised explicitly.
 
+mod asked_only;
 mod common;
 mod concurrent;
 mod corruption;

@@ -292,11 +292,17 @@ fn serve_over_a_url_and_an_image_replaced_at_the_origin() {
     // A connection opened before the image is replaced keeps the old identity: what is not
     // cached fails with EIO (never bytes of the new image).
     let mut client = NbdClient::connect(served.socket_addr(), "c").unwrap();
-    assert_eq!(client.read(0, 4096).unwrap(), expected[..4096]);
+    let far = (2 << 20) + 12345;
+    // Block 32 must not be in the 1 MiB memory cache (4 shards of 4 blocks, least recently
+    // used first out): read every other stored block (80 of them, the last 16 are zeros), so
+    // each shard then holds only blocks read after it.
+    let block = 64 << 10;
+    for at in (0..80).filter(|&b| b != far / block).map(|b| b * block) {
+        let got = client.read(at, 4096).unwrap();
+        assert_eq!(got, expected[at as usize..at as usize + 4096]);
+    }
     std::thread::sleep(Duration::from_millis(1100)); // a new Last-Modified second, another ETag
     nginx.publish(&local2, "c.cloop");
-    // Block 32: nbdcopy read it long ago, and the 1 MiB memory cache holds only the last blocks.
-    let far = (2 << 20) + 12345;
     match client.read_reply(far, 4096).unwrap() {
         Err(errno) => assert_eq!(errno, NBD_EIO),
         Ok(bytes) => panic!(

@@ -115,7 +115,8 @@ fn nginx_access_log_counts_the_bytes_sent() {
         LogEntry {
             uri: "/img.bin".into(),
             status: 206,
-            body_bytes: 70_000
+            body_bytes: 70_000,
+            range: Some((65_536, 135_535)),
         }
     );
     assert_eq!(log[3].status, 416);
@@ -127,4 +128,9 @@ fn nginx_access_log_counts_the_bytes_sent() {
     );
     assert!(parse_access_log("/a 200 x\n").is_err());
     assert_eq!(parse_access_log("/a 200 5\n\n").unwrap()[0].body_bytes, 5);
+    assert_eq!(parse_access_log("/a 200 5 -\n").unwrap()[0].range, None);
+    assert_eq!(
+        parse_access_log("/a 206 5 bytes=3-7\n").unwrap()[0].range,
+        Some((3, 7))
+    );
 }
