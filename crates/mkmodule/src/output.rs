@@ -52,6 +52,37 @@ impl Destination {
             Ok(_) => Destination::SpecialFile,
         }
     }
+
+    /// Looks at `output`, the new image of a command that makes one from existing files
+    /// (`commit`, `convert`, `fetch`), and refuses it when it is one of `inputs`, a directory,
+    /// or (without `force`) anything that exists.
+    pub fn of_new_image(output: &Path, inputs: &[&Path], force: bool) -> Result<Destination> {
+        for input in inputs {
+            if same_file(output, input) {
+                bail!(
+                    "the new image {} would replace its input {}: write it elsewhere",
+                    output.display(),
+                    input.display()
+                );
+            }
+        }
+        let destination = Destination::of(output);
+        if destination == Destination::Directory {
+            bail!("{} is a directory", output.display());
+        }
+        if destination != Destination::Missing && !force {
+            bail!("{} exists: pass --force to replace it", output.display());
+        }
+        Ok(destination)
+    }
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// What pack can do with an output written in place (standard output, a device, a FIFO): seek

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions as FileOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mkmodule_blockdev::DeviceReader;
 use mkmodule_codec::{CodecKind, CodecSpec};
 use mkmodule_format::{BlockEncoding, Dialect};
@@ -196,34 +196,10 @@ fn codec_choice(encoding: BlockEncoding) -> Option<CodecChoice> {
     }
 }
 
-pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Runs `mkmodule commit`.
 pub fn run(args: Args) -> Result<()> {
-    for input in [&args.image, &args.overlay] {
-        if same_file(&args.output, input) {
-            bail!(
-                "the new image {} would replace its input {}: write it elsewhere",
-                args.output.display(),
-                input.display()
-            );
-        }
-    }
-    let destination = Destination::of(&args.output);
-    if destination != Destination::Missing && !args.force {
-        bail!(
-            "{} exists: pass --force to replace it",
-            args.output.display()
-        );
-    }
-    if destination == Destination::Directory {
-        bail!("{} is a directory", args.output.display());
-    }
+    let destination =
+        Destination::of_new_image(&args.output, &[&args.image, &args.overlay], args.force)?;
     let base = open_device(&args.image, &OpenOptions::default(), &Default::default())?;
     let size = base.device.size();
     let plan = plan(&args.new, base_style(&base.found).as_ref(), size)?;

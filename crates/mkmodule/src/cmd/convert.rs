@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mkmodule_image::{ExposedSize, Image, OpenOptions};
 use mkmodule_pack::{PackSummary, ProgressEvent, Reuse};
 use serde_json::json;
@@ -60,23 +60,7 @@ pub struct Args {
 
 /// Runs `mkmodule convert`.
 pub fn run(args: Args) -> Result<()> {
-    if super::commit::same_file(&args.output, &args.image) {
-        bail!(
-            "the new image {} would replace {}: write it elsewhere",
-            args.output.display(),
-            args.image.display()
-        );
-    }
-    let destination = Destination::of(&args.output);
-    if destination != Destination::Missing && !args.force {
-        bail!(
-            "{} exists: pass --force to replace it",
-            args.output.display()
-        );
-    }
-    if destination == Destination::Directory {
-        bail!("{} is a directory", args.output.display());
-    }
+    let destination = Destination::of_new_image(&args.output, &[&args.image], args.force)?;
     let options = OpenOptions {
         exposed_size: ExposedSize::Original,
         ..OpenOptions::default()

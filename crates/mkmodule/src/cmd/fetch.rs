@@ -130,16 +130,7 @@ struct Stats {
 
 /// Runs `mkmodule fetch`.
 pub fn run(args: Args) -> Result<()> {
-    let destination = Destination::of(&args.output);
-    if destination == Destination::Directory {
-        bail!("{} is a directory", args.output.display());
-    }
-    if destination != Destination::Missing && !args.force {
-        bail!(
-            "{} exists: pass --force to replace it",
-            args.output.display()
-        );
-    }
+    Destination::of_new_image(&args.output, &[], args.force)?;
     let threads = args.threads.unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
     let source = Counting {
