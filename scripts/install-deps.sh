@@ -7,6 +7,7 @@ packages=(
     qemu-utils       # qemu-img / qemu-nbd / qemu-io: cloop driver and NBD client
     xz-utils         # xz: checks our xz blocks are standard streams
     zstd             # zstd: checks our zstd blocks are standard frames, and decodes its frames
+    b3sum            # b3sum: the trailer's digest of the input is BLAKE3, as b3sum prints it
     libnbd-bin       # nbdinfo, nbdcopy, nbdsh, nbdfuse: NBD clients
     python3-libnbd   # libnbd for the shared NBD probe scripts
     python3-lzo      # liblzo2, the reference LZO1X codec our LZO blocks are checked against

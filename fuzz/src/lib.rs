@@ -55,7 +55,11 @@ pub fn exercise_image(bytes: Vec<u8>, original_size: bool) -> Option<Vec<u8>> {
     let _ = image.trailer_problem().map(ToString::to_string);
     // The block-digest table: one digest per block, or an error, never a panic.
     match image.digest_table() {
-        Ok(Some(table)) => assert_eq!(table.len(), n as usize, "a digest table of another length"),
+        Ok(Some(table)) => assert_eq!(
+            table.digests.len(),
+            n as usize,
+            "a digest table of another length"
+        ),
         Ok(None) => {}
         Err(e) => {
             let _ = e.to_string();

@@ -21,8 +21,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use mkmodule_codec::{BlockCompressor, CodecKind, CodecSpec};
 use mkmodule_format::{
-    is_header_first, BlockEncoding, Dialect, DigestAlgorithm, DigestTableRef, Trailer,
-    TrailerExtension,
+    is_header_first, BlockDigestAlgorithm, BlockEncoding, Dialect, DigestAlgorithm, DigestTableRef,
+    Trailer, TrailerExtension,
 };
 use mkmodule_nbd::proto::*;
 use mkmodule_pack::verity::{HashTreeBuilder, VerityParams};
@@ -387,9 +387,13 @@ pub fn seeds() -> Result<()> {
         seed.extend_from_slice(&image[image.len().saturating_sub(200)..]);
         put("trailer", name, &seed)?;
     }
-    for (k, algorithm) in [DigestAlgorithm::None, DigestAlgorithm::Sha256]
-        .into_iter()
-        .enumerate()
+    for (k, algorithm) in [
+        DigestAlgorithm::None,
+        DigestAlgorithm::Sha256,
+        DigestAlgorithm::Blake3,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let trailer = Trailer {
             original_len: 12345,
@@ -407,7 +411,7 @@ pub fn seeds() -> Result<()> {
     let table = [0x5au8; 32];
     let extended = Trailer {
         original_len: 8000,
-        digest_algorithm: DigestAlgorithm::Sha256,
+        digest_algorithm: DigestAlgorithm::WRITTEN,
         digest: vec![0xcd; 32],
         data_end: 163,
         tool: "mkmodule 0.1.0".into(),
@@ -416,7 +420,11 @@ pub fn seeds() -> Result<()> {
                 codec: mkmodule_format::CodecKind::Zstd,
                 level: 19,
             }),
-            digest_table: Some(DigestTableRef::for_table(1024 - 136 - 32, &table)),
+            digest_table: Some(DigestTableRef::for_table(
+                BlockDigestAlgorithm::WRITTEN,
+                1024 - 136 - 32,
+                &table,
+            )),
             stored_checks: None,
         },
     };

@@ -2,8 +2,9 @@
 //! every block's uncompressed bytes, and the encoder that made the blocks, so that a later
 //! `create --reuse` can find unchanged blocks without decoding the image.
 //!
-//! A block's digest is the first 16 bytes of the SHA-256 of the block as the device exposes it:
-//! its bytes zero-padded to the block size (only a uzip final block is ever shorter).
+//! A block's digest is the first 16 bytes of a hash of the block as the device exposes it: its
+//! bytes zero-padded to the block size (only a uzip final block is ever shorter). The table
+//! records which hash: BLAKE3 in images written now, SHA-256 in those of earlier releases.
 
 use sha2::{Digest, Sha256};
 
@@ -12,28 +13,88 @@ use crate::{CodecKind, FormatError};
 /// Bytes of one block digest.
 pub const BLOCK_DIGEST_LEN: usize = 16;
 
-/// The first 16 bytes of the SHA-256 of a block zero-padded to the block size.
+/// The first 16 bytes of the hash of a block zero-padded to the block size.
 pub type BlockDigest = [u8; BLOCK_DIGEST_LEN];
-
-/// Table algorithm code of [`BlockDigest`] (SHA-256 cut to 16 bytes).
-pub(crate) const TABLE_SHA256_128: u8 = 1;
 
 /// Zeros fed to the hash for the padding of a short block, a piece at a time.
 const ZEROS: [u8; 4096] = [0; 4096];
 
-/// The digest of `data` zero-padded to `block_size` bytes (no padding when it is not shorter).
-pub fn block_digest(data: &[u8], block_size: u32) -> BlockDigest {
-    let mut hasher = Sha256::new();
-    hasher.update(data);
-    let mut missing = (block_size as usize).saturating_sub(data.len());
+/// The hash behind a block-digest table (its table algorithm, docs/FORMAT.md §12.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockDigestAlgorithm {
+    /// SHA-256 cut to 16 bytes (table algorithm 1, written by earlier releases).
+    Sha256,
+    /// BLAKE3 cut to 16 bytes (table algorithm 2, written now).
+    Blake3,
+}
+
+impl BlockDigestAlgorithm {
+    /// The algorithm this release writes.
+    pub const WRITTEN: BlockDigestAlgorithm = BlockDigestAlgorithm::Blake3;
+
+    /// The table algorithm byte of the trailer.
+    pub(crate) const fn code(self) -> u8 {
+        match self {
+            BlockDigestAlgorithm::Sha256 => 1,
+            BlockDigestAlgorithm::Blake3 => 2,
+        }
+    }
+
+    /// The algorithm of table algorithm byte `code`; `None` for one this release does not know.
+    pub(crate) const fn from_code(code: u8) -> Option<BlockDigestAlgorithm> {
+        match code {
+            1 => Some(BlockDigestAlgorithm::Sha256),
+            2 => Some(BlockDigestAlgorithm::Blake3),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name, as `info` and `verify` show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BlockDigestAlgorithm::Sha256 => "sha256-128",
+            BlockDigestAlgorithm::Blake3 => "blake3-128",
+        }
+    }
+
+    /// The digest of `data` zero-padded to `block_size` bytes (no padding when it is not
+    /// shorter).
+    pub fn digest(self, data: &[u8], block_size: u32) -> BlockDigest {
+        let missing = (block_size as usize).saturating_sub(data.len());
+        let mut digest = [0u8; BLOCK_DIGEST_LEN];
+        match self {
+            BlockDigestAlgorithm::Sha256 => {
+                let mut hasher = Sha256::new();
+                hasher.update(data);
+                feed_zeros(missing, |zeros| hasher.update(zeros));
+                digest.copy_from_slice(&hasher.finalize()[..BLOCK_DIGEST_LEN]);
+            }
+            BlockDigestAlgorithm::Blake3 => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(data);
+                feed_zeros(missing, |zeros| {
+                    hasher.update(zeros);
+                });
+                digest.copy_from_slice(&hasher.finalize().as_bytes()[..BLOCK_DIGEST_LEN]);
+            }
+        }
+        digest
+    }
+}
+
+impl std::fmt::Display for BlockDigestAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Hands `missing` zero bytes to `feed`, a piece at a time.
+fn feed_zeros(mut missing: usize, mut feed: impl FnMut(&[u8])) {
     while missing > 0 {
         let piece = missing.min(ZEROS.len());
-        hasher.update(&ZEROS[..piece]);
+        feed(&ZEROS[..piece]);
         missing -= piece;
     }
-    let mut digest = [0u8; BLOCK_DIGEST_LEN];
-    digest.copy_from_slice(&hasher.finalize()[..BLOCK_DIGEST_LEN]);
-    digest
 }
 
 /// How the blocks of an image were compressed, as far as the bytes of a block depend on it
@@ -89,9 +150,11 @@ impl std::fmt::Display for BlockEncoding {
     }
 }
 
-/// Where a trailer says its block-digest table is, and the checksum of the table.
+/// Where a trailer says its block-digest table is, its hash, and the checksum of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DigestTableRef {
+    /// The hash of the digests.
+    pub algorithm: BlockDigestAlgorithm,
     /// File offset of the table.
     pub offset: u64,
     /// Digests in the table (the image's block count).
@@ -101,9 +164,10 @@ pub struct DigestTableRef {
 }
 
 impl DigestTableRef {
-    /// The reference to `table` (concatenated digests) placed at `offset`.
-    pub fn for_table(offset: u64, table: &[u8]) -> DigestTableRef {
+    /// The reference to `table` (concatenated digests of `algorithm`) placed at `offset`.
+    pub fn for_table(algorithm: BlockDigestAlgorithm, offset: u64, table: &[u8]) -> DigestTableRef {
         DigestTableRef {
+            algorithm,
             offset,
             entries: (table.len() / BLOCK_DIGEST_LEN) as u32,
             crc: crc32fast::hash(table),
@@ -171,20 +235,58 @@ impl DigestTableRef {
 mod tests {
     use super::*;
 
+    /// The first 16 bytes of `b3sum` of 65,536 zero bytes.
+    const KNOWN_ZERO_64K_BLAKE3: &str = "3bdeaf8f8e98780b318106aafdc3ca25";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    const BOTH: [BlockDigestAlgorithm; 2] =
+        [BlockDigestAlgorithm::Sha256, BlockDigestAlgorithm::Blake3];
+
     #[test]
     fn a_short_block_hashes_as_padded() {
         let mut full = vec![7u8; 100];
         full.resize(10_000, 0);
+        for algorithm in BOTH {
+            let digest = |data: &[u8], bs| algorithm.digest(data, bs);
+            assert_eq!(digest(&[7u8; 100], 10_000), digest(&full, 10_000));
+            assert_ne!(digest(&[7u8; 100], 10_000), digest(&[7u8; 100], 512));
+        }
+        let sha256 = Sha256::digest(&full);
         assert_eq!(
-            block_digest(&[7u8; 100], 10_000),
-            block_digest(&full, 10_000)
+            BlockDigestAlgorithm::Sha256.digest(&full, 10_000)[..],
+            sha256[..16]
         );
-        assert_ne!(
-            block_digest(&[7u8; 100], 10_000),
-            block_digest(&[7u8; 100], 512)
+        let blake3 = blake3::hash(&full);
+        assert_eq!(
+            BlockDigestAlgorithm::Blake3.digest(&full, 10_000)[..],
+            blake3.as_bytes()[..16]
         );
-        let whole = Sha256::digest(&full);
-        assert_eq!(block_digest(&full, 10_000)[..], whole[..16]);
+    }
+
+    /// The codes docs/FORMAT.md §12.4 gives; they are on disk and must never change.
+    #[test]
+    fn table_algorithm_codes_are_the_documented_ones() {
+        assert_eq!(BlockDigestAlgorithm::Sha256.code(), 1);
+        assert_eq!(BlockDigestAlgorithm::Blake3.code(), 2);
+        for algorithm in BOTH {
+            assert_eq!(
+                BlockDigestAlgorithm::from_code(algorithm.code()),
+                Some(algorithm)
+            );
+        }
+        assert_eq!(BlockDigestAlgorithm::from_code(0), None);
+        assert_eq!(BlockDigestAlgorithm::from_code(3), None);
+        assert_eq!(BlockDigestAlgorithm::WRITTEN, BlockDigestAlgorithm::Blake3);
+    }
+
+    /// A known answer: BLAKE3 of 64 KiB of zeros, as `head -c 65536 /dev/zero | b3sum` prints it.
+    #[test]
+    fn the_blake3_digest_of_a_zero_block_is_b3sums() {
+        let digest = BlockDigestAlgorithm::Blake3.digest(&[], 65536);
+        assert_eq!(hex(&digest), KNOWN_ZERO_64K_BLAKE3);
     }
 
     #[test]
@@ -216,9 +318,10 @@ mod tests {
 
     #[test]
     fn a_table_is_checked_by_place_and_checksum() {
-        let digests = [block_digest(b"a", 512), block_digest(b"b", 512)];
+        let algorithm = BlockDigestAlgorithm::WRITTEN;
+        let digests = [algorithm.digest(b"a", 512), algorithm.digest(b"b", 512)];
         let bytes = digests.concat();
-        let table = DigestTableRef::for_table(1000, &bytes);
+        let table = DigestTableRef::for_table(algorithm, 1000, &bytes);
         assert_eq!(table.len(), 32);
         assert_eq!(table.parse(&bytes).unwrap(), digests);
         table.check_place(1000, 2, 1000 + 32 + 136).unwrap();

@@ -21,7 +21,7 @@ mod trailer;
 mod writing;
 
 pub use block_digest::{
-    block_digest, BlockDigest, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN,
+    BlockDigest, BlockDigestAlgorithm, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN,
 };
 pub use codec_kind::{or_list, CodecKind, UnknownCodec};
 pub use content::{identify, Content, IDENTIFY_LEN};
@@ -40,7 +40,9 @@ pub use layout::{
 };
 pub use profile::{Profile, PORTABLE};
 pub use stored_check::{stored_check, StoredChecksRef, STORED_CHECK_LEN};
-pub use trailer::{DigestAlgorithm, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC};
+pub use trailer::{
+    DigestAlgorithm, InputHasher, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC,
+};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | 0 | 16 | magic `MKMODULE-TRAILER` |
 //! | 16 | 2 | layout version (1) |
-//! | 18 | 1 | digest algorithm (0 none, 1 SHA-256) |
+//! | 18 | 1 | digest algorithm (0 none, 1 SHA-256, 2 BLAKE3) |
 //! | 19 | 1 | digest length |
 //! | 20 | 64 | digest of the original input, zero padded; with a digest of at most 32 bytes, bytes 52..84 hold the extension below |
 //! | 84 | 8 | original input length |
@@ -18,12 +18,12 @@
 //! | 100 | 32 | tool version text, NUL padded |
 //! | 132 | 4 | CRC32 of bytes 0..132 |
 //!
-//! The extension (docs/FORMAT.md §12.4) sits in the half of the digest field that SHA-256 leaves
+//! The extension (docs/FORMAT.md §12.4) sits in the half of the digest field that a 32-byte digest leaves
 //! zero, so readers of the first layout see a valid trailer and ignore it; all zero means none:
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 52 | 1 | block-digest table algorithm (0 no table, 1 SHA-256 cut to 16 bytes) |
+//! | 52 | 1 | block-digest table algorithm (0 no table, 1 SHA-256, 2 BLAKE3, cut to 16 bytes) |
 //! | 53 | 1 | bytes per table entry (16) |
 //! | 54 | 1 | block codec (0 unrecorded, 1 + position in `CodecKind::ALL`, 255 best) |
 //! | 55 | 1 | block codec level |
@@ -36,7 +36,9 @@
 //! | 76 | 4 | CRC32 of the stored-check table (which ends where the block-digest table starts) |
 //! | 80 | 4 | zero |
 
-use crate::block_digest::{BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN, TABLE_SHA256_128};
+use sha2::{Digest, Sha256};
+
+use crate::block_digest::{BlockDigestAlgorithm, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN};
 use crate::stored_check::{StoredChecksRef, CHECK_CRC32, STORED_CHECK_LEN};
 use crate::FormatError;
 
@@ -68,7 +70,7 @@ pub struct TrailerExtension {
 impl TrailerExtension {
     fn encode(&self, out: &mut [u8]) {
         if let Some(table) = &self.digest_table {
-            out[0] = TABLE_SHA256_128;
+            out[0] = table.algorithm.code();
             out[1] = BLOCK_DIGEST_LEN as u8;
             out[4..12].copy_from_slice(&table.offset.to_be_bytes());
             out[12..16].copy_from_slice(&table.entries.to_be_bytes());
@@ -91,11 +93,13 @@ impl TrailerExtension {
         let be32 = |at: usize| {
             u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
-        let known = bytes[0] == TABLE_SHA256_128 && usize::from(bytes[1]) == BLOCK_DIGEST_LEN;
-        let digest_table = known.then(|| {
+        let algorithm = BlockDigestAlgorithm::from_code(bytes[0])
+            .filter(|_| usize::from(bytes[1]) == BLOCK_DIGEST_LEN);
+        let digest_table = algorithm.map(|algorithm| {
             let mut offset = [0u8; 8];
             offset.copy_from_slice(&bytes[4..12]);
             DigestTableRef {
+                algorithm,
                 offset: u64::from_be_bytes(offset),
                 entries: be32(12),
                 crc: be32(16),
@@ -118,15 +122,21 @@ impl TrailerExtension {
 pub enum DigestAlgorithm {
     /// No digest recorded.
     None,
-    /// SHA-256 of the original input bytes.
+    /// SHA-256 of the original input bytes (written by earlier releases).
     Sha256,
+    /// BLAKE3 (32 bytes) of the original input bytes, as `b3sum` prints it (written now).
+    Blake3,
 }
 
 impl DigestAlgorithm {
+    /// The algorithm this release writes.
+    pub const WRITTEN: DigestAlgorithm = DigestAlgorithm::Blake3;
+
     fn code(self) -> u8 {
         match self {
             DigestAlgorithm::None => 0,
             DigestAlgorithm::Sha256 => 1,
+            DigestAlgorithm::Blake3 => 2,
         }
     }
 
@@ -134,6 +144,7 @@ impl DigestAlgorithm {
         match code {
             0 => Some(DigestAlgorithm::None),
             1 => Some(DigestAlgorithm::Sha256),
+            2 => Some(DigestAlgorithm::Blake3),
             _ => None,
         }
     }
@@ -142,7 +153,7 @@ impl DigestAlgorithm {
     pub const fn len(self) -> usize {
         match self {
             DigestAlgorithm::None => 0,
-            DigestAlgorithm::Sha256 => 32,
+            DigestAlgorithm::Sha256 | DigestAlgorithm::Blake3 => 32,
         }
     }
 
@@ -156,6 +167,53 @@ impl DigestAlgorithm {
         match self {
             DigestAlgorithm::None => "none",
             DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Blake3 => "blake3",
+        }
+    }
+
+    /// A hasher computing this digest of bytes fed in order; `None` for [`DigestAlgorithm::None`].
+    pub fn hasher(self) -> Option<InputHasher> {
+        match self {
+            DigestAlgorithm::None => None,
+            DigestAlgorithm::Sha256 => Some(InputHasher::Sha256(Sha256::new())),
+            DigestAlgorithm::Blake3 => Some(InputHasher::Blake3(Box::new(blake3::Hasher::new()))),
+        }
+    }
+}
+
+/// The trailer's digest of an input, computed over its bytes in order.
+#[derive(Debug, Clone)]
+pub enum InputHasher {
+    /// SHA-256.
+    Sha256(Sha256),
+    /// BLAKE3 (boxed: its state is about 2 KB).
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl InputHasher {
+    /// Feeds the next bytes of the input.
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            InputHasher::Sha256(hasher) => hasher.update(bytes),
+            InputHasher::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
+        }
+    }
+
+    /// The algorithm it computes.
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        match self {
+            InputHasher::Sha256(_) => DigestAlgorithm::Sha256,
+            InputHasher::Blake3(_) => DigestAlgorithm::Blake3,
+        }
+    }
+
+    /// The digest of everything fed, [`DigestAlgorithm::len`] bytes.
+    pub fn finalize(self) -> Vec<u8> {
+        match self {
+            InputHasher::Sha256(hasher) => hasher.finalize().to_vec(),
+            InputHasher::Blake3(hasher) => hasher.finalize().as_bytes().to_vec(),
         }
     }
 }
@@ -269,7 +327,7 @@ mod tests {
     fn sample() -> Trailer {
         Trailer {
             original_len: 100_000,
-            digest_algorithm: DigestAlgorithm::Sha256,
+            digest_algorithm: DigestAlgorithm::Blake3,
             digest: (0..32).collect(),
             data_end: 6513,
             tool: "mkmodule 0.1.0".into(),
@@ -285,6 +343,7 @@ mod tests {
                     level: 5,
                 }),
                 digest_table: Some(DigestTableRef {
+                    algorithm: BlockDigestAlgorithm::Blake3,
                     offset: 7000,
                     entries: 3,
                     crc: 0xdead_beef,
@@ -303,7 +362,7 @@ mod tests {
     fn the_extension_round_trips() {
         let bytes = extended().encode();
         assert_eq!(Trailer::find(&bytes, 8192).unwrap(), Some(extended()));
-        assert_eq!(&bytes[52..56], &[1, 16, 1, 5]);
+        assert_eq!(&bytes[52..56], &[2, 16, 1, 5]);
         assert_eq!(&bytes[56..64], &7000u64.to_be_bytes());
         assert_eq!(&bytes[64..68], &3u32.to_be_bytes());
         assert_eq!(&bytes[68..72], &0xdead_beefu32.to_be_bytes());
@@ -363,6 +422,42 @@ mod tests {
         let found = Trailer::find(&bytes, 8192).unwrap().unwrap();
         assert_eq!(found.extension.digest_table, None);
         assert_eq!(found.extension.encoding, extended().extension.encoding);
+    }
+
+    /// Trailers of earlier releases (SHA-256 of the input, a SHA-256 block-digest table) still
+    /// read as what they are.
+    #[test]
+    fn earlier_algorithms_still_read() {
+        let mut earlier = extended();
+        earlier.digest_algorithm = DigestAlgorithm::Sha256;
+        if let Some(table) = earlier.extension.digest_table.as_mut() {
+            table.algorithm = BlockDigestAlgorithm::Sha256;
+        }
+        let bytes = earlier.encode();
+        assert_eq!((bytes[18], bytes[19], bytes[52]), (1, 32, 1));
+        assert_eq!(Trailer::find(&bytes, 8192).unwrap(), Some(earlier));
+        let blake3 = extended().encode();
+        assert_eq!((blake3[18], blake3[19], blake3[52]), (2, 32, 2));
+    }
+
+    #[test]
+    fn the_input_hashers_compute_their_algorithms() {
+        let input: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3] {
+            let mut hasher = algorithm.hasher().unwrap();
+            assert_eq!(hasher.algorithm(), algorithm);
+            for piece in input.chunks(4096) {
+                hasher.update(piece);
+            }
+            let digest = hasher.finalize();
+            assert_eq!(digest.len(), algorithm.len());
+            let whole = match algorithm {
+                DigestAlgorithm::Sha256 => Sha256::digest(&input).to_vec(),
+                _ => blake3::hash(&input).as_bytes().to_vec(),
+            };
+            assert_eq!(digest, whole, "{}", algorithm.name());
+        }
+        assert!(DigestAlgorithm::None.hasher().is_none());
     }
 
     #[test]

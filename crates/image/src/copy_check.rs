@@ -6,15 +6,15 @@
 //! caught the same way everywhere: the caller then compresses (or downloads) the block instead.
 
 use mkmodule_codec::{BlockDecompressor, CodecKind};
-use mkmodule_format::{block_digest, stored_check, BlockDigest};
+use mkmodule_format::{stored_check, BlockDigest, BlockDigestAlgorithm};
 
 /// What the copied block must be.
 #[derive(Debug, Clone, Copy)]
 pub enum Wanted<'a> {
     /// These uncompressed bytes (a whole block).
     Data(&'a [u8]),
-    /// A block of this digest (docs/FORMAT.md §12.4).
-    Digest(&'a BlockDigest),
+    /// A block of this digest of that hash (docs/FORMAT.md §12.4).
+    Digest(BlockDigestAlgorithm, &'a BlockDigest),
 }
 
 /// One thread's checker: a decoder and its buffer, for blocks without a stored check.
@@ -61,7 +61,7 @@ impl CopyCheck {
         }
         let len = match wanted {
             Wanted::Data(data) => data.len(),
-            Wanted::Digest(_) => self.block_size as usize,
+            Wanted::Digest(..) => self.block_size as usize,
         };
         let Some(out) = self.decoded.get_mut(..len) else {
             return false;
@@ -75,7 +75,7 @@ impl CopyCheck {
         }
         match wanted {
             Wanted::Data(data) => out == data,
-            Wanted::Digest(digest) => block_digest(out, self.block_size) == *digest,
+            Wanted::Digest(algorithm, digest) => algorithm.digest(out, self.block_size) == *digest,
         }
     }
 
@@ -114,15 +114,26 @@ mod tests {
     fn without_one_the_bytes_are_decoded() {
         let data = vec![7u8; 4096];
         let bytes = compressed(&data);
-        let digest = block_digest(&data, 4096);
+        let algorithm = BlockDigestAlgorithm::WRITTEN;
+        let digest = algorithm.digest(&data, 4096);
         let mut check = CopyCheck::new(4096);
         assert!(check.accepts(CodecKind::Zlib, &bytes, None, Wanted::Data(&data)));
-        assert!(check.accepts(CodecKind::Zlib, &bytes, None, Wanted::Digest(&digest)));
+        assert!(check.accepts(
+            CodecKind::Zlib,
+            &bytes,
+            None,
+            Wanted::Digest(algorithm, &digest)
+        ));
         let other = vec![8u8; 4096];
         assert!(!check.accepts(CodecKind::Zlib, &bytes, None, Wanted::Data(&other)));
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 0x40;
-        assert!(!check.accepts(CodecKind::Zlib, &damaged, None, Wanted::Digest(&digest)));
+        assert!(!check.accepts(
+            CodecKind::Zlib,
+            &damaged,
+            None,
+            Wanted::Digest(algorithm, &digest)
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! stored checks of the blocks' compressed bytes; and the compressed bytes of one block, as
 //! stored.
 
-use mkmodule_format::{block_digest, BlockDigest, BlockEntry, BlockKind, FormatError};
+use mkmodule_format::{BlockDigest, BlockDigestAlgorithm, BlockEntry, BlockKind, FormatError};
 
 use crate::parallel::{Decoded, ParallelOptions};
 use crate::{Image, ImageError};
@@ -13,6 +13,12 @@ use crate::{Image, ImageError};
 pub enum DigestOrigin {
     /// Read from the block-digest table of the trailer.
     Table,
+    /// Computed by decoding every block: the table holds digests of another hash (an image of
+    /// an earlier release, whose table is SHA-256).
+    OtherAlgorithm {
+        /// The hash of the table.
+        table: BlockDigestAlgorithm,
+    },
     /// Computed by decoding every block: the image has no usable table (`problem` says why
     /// when it has one that is damaged or misplaced).
     Decoded {
@@ -21,9 +27,20 @@ pub enum DigestOrigin {
     },
 }
 
+/// The block-digest table of an image's trailer, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestTable {
+    /// The hash of the digests.
+    pub algorithm: BlockDigestAlgorithm,
+    /// One digest per block, in block order.
+    pub digests: Vec<BlockDigest>,
+}
+
 /// The digest of every block, in block order.
 #[derive(Debug)]
 pub struct BlockDigests {
+    /// The hash of the digests.
+    pub algorithm: BlockDigestAlgorithm,
     /// One entry per block; `None` for a block that could not be decoded (only when computed).
     pub digests: Vec<Option<BlockDigest>>,
     /// Where they come from.
@@ -34,7 +51,7 @@ impl Image {
     /// The block-digest table of the trailer, checked: `Ok(None)` when the image has none (no
     /// trailer, an unusable trailer, or one written without a table), an error when the table
     /// is misplaced, unreadable, or does not match its checksum. Reads `16 × blocks` bytes.
-    pub fn digest_table(&self) -> Result<Option<Vec<BlockDigest>>, ImageError> {
+    pub fn digest_table(&self) -> Result<Option<DigestTable>, ImageError> {
         if self.trailer_problem().is_some() {
             return Ok(None);
         }
@@ -61,7 +78,10 @@ impl Image {
                 len: table.len(),
                 source,
             })?;
-        Ok(Some(table.parse(&bytes)?))
+        Ok(Some(DigestTable {
+            algorithm: table.algorithm,
+            digests: table.parse(&bytes)?,
+        }))
     }
 
     /// The stored-check table of the trailer (docs/FORMAT.md §12.4), checked: `Ok(None)` when
@@ -100,30 +120,41 @@ impl Image {
         Ok(Some(checks.parse(&bytes)?))
     }
 
-    /// The digest of every block: from the block-digest table when it is valid, otherwise
-    /// computed by decoding every block on `threads` threads (0: one per core). A damaged table
-    /// is never trusted; the reason is in [`DigestOrigin::Decoded`].
-    pub fn block_digests(&self, threads: usize) -> BlockDigests {
-        let problem = match self.digest_table() {
-            Ok(Some(table)) => {
+    /// The `algorithm` digest of every block: from the block-digest table when it is valid and
+    /// of that hash, otherwise computed by decoding every block on `threads` threads (0: one
+    /// per core). A damaged table is never trusted; the reason is in [`DigestOrigin::Decoded`].
+    pub fn block_digests(&self, threads: usize, algorithm: BlockDigestAlgorithm) -> BlockDigests {
+        let origin = match self.digest_table() {
+            Ok(Some(table)) if table.algorithm == algorithm => {
                 return BlockDigests {
-                    digests: table.into_iter().map(Some).collect(),
+                    algorithm,
+                    digests: table.digests.into_iter().map(Some).collect(),
                     origin: DigestOrigin::Table,
                 }
             }
-            Ok(None) => None,
-            Err(problem) => Some(problem),
+            Ok(Some(table)) => DigestOrigin::OtherAlgorithm {
+                table: table.algorithm,
+            },
+            Ok(None) => DigestOrigin::Decoded { problem: None },
+            Err(problem) => DigestOrigin::Decoded {
+                problem: Some(problem),
+            },
         };
         BlockDigests {
-            digests: self.decoded_digests(threads),
-            origin: DigestOrigin::Decoded { problem },
+            algorithm,
+            digests: self.decoded_digests(threads, algorithm),
+            origin,
         }
     }
 
     /// Digests computed by decoding every block; `None` for blocks that fail to decode.
-    fn decoded_digests(&self, threads: usize) -> Vec<Option<BlockDigest>> {
+    fn decoded_digests(
+        &self,
+        threads: usize,
+        algorithm: BlockDigestAlgorithm,
+    ) -> Vec<Option<BlockDigest>> {
         let bs = self.block_size();
-        let zero = block_digest(&[], bs);
+        let zero = algorithm.digest(&[], bs);
         let mut digests = Vec::with_capacity(self.num_blocks() as usize);
         let pass = ParallelOptions {
             threads,
@@ -132,7 +163,7 @@ impl Image {
         let finished = self.par_blocks_ordered(pass, |_, decoded| {
             digests.push(match decoded {
                 Ok(Decoded::Zero) => Some(zero),
-                Ok(Decoded::Data(bytes)) => Some(block_digest(bytes, bs)),
+                Ok(Decoded::Data(bytes)) => Some(algorithm.digest(bytes, bs)),
                 Err(_) => None,
             });
             Ok::<(), ()>(())

@@ -61,7 +61,7 @@ mod zero_map;
 pub use cache::{Block, CacheStats};
 pub use copy_check::{CopyCheck, Wanted};
 pub use device::ImageDevice;
-pub use digests::{BlockDigests, DigestOrigin};
+pub use digests::{BlockDigests, DigestOrigin, DigestTable};
 pub use error::ImageError;
 pub use image::{Image, MAX_EXTENTS};
 pub use open::{ExposedSize, OpenOptions, DEFAULT_CACHE_BYTES, DEFAULT_READAHEAD};

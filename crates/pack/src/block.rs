@@ -2,7 +2,6 @@
 //! it, its dedup key, and the compressed all-zero block computed once per image.
 
 use mkmodule_format::{stored_check, BlockDigest};
-use sha2::{Digest, Sha256};
 
 use crate::encode::{BlockEncoder, Encoding};
 use crate::error::PackError;
@@ -82,9 +81,8 @@ pub(crate) struct ZeroBlock {
 
 /// The dedup key of compressed bytes.
 pub(crate) fn dedup_key(bytes: &[u8]) -> DedupKey {
-    let digest = Sha256::digest(bytes);
     let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
+    key.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
     key
 }
 

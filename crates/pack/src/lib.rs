@@ -158,7 +158,7 @@ fn pack_image<R: Read + Send>(
             .filter(|(_, n)| *n > 0)
             .map(|(&k, n)| (k, n))
             .collect(),
-        sha256: stats.digest,
+        input_digest: stats.digest,
         trailer: plan.trailer,
         elapsed: started.elapsed(),
     })

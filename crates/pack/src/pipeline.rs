@@ -21,9 +21,8 @@ use std::thread;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use mkmodule_blockdev::is_zero;
-use mkmodule_format::{block_digest, stored_check};
+use mkmodule_format::{stored_check, BlockDigestAlgorithm, DigestAlgorithm};
 use mkmodule_image::CopyCheck;
-use sha2::{Digest, Sha256};
 
 use crate::block::{dedup_key, Done, Encoded, Reused, Slot};
 use crate::encode::{BlockEncoder, Encoding};
@@ -52,8 +51,9 @@ pub(crate) struct InputStats {
     pub len: u64,
     /// Blocks produced.
     pub blocks: u64,
-    /// SHA-256 of the input (when a trailer is written).
-    pub digest: Option<[u8; 32]>,
+    /// The trailer's digest of the input ([`DigestAlgorithm::WRITTEN`], when a trailer is
+    /// written).
+    pub digest: Option<Vec<u8>>,
 }
 
 /// Runs the conveyor over `input`, calling `on_block` for every block in input order; blocks
@@ -188,7 +188,7 @@ fn read_blocks<R: Read>(
     cancel: &AtomicBool,
 ) -> Result<InputStats, PackError> {
     let bs = plan.block_size as usize;
-    let mut hasher = plan.trailer.then(Sha256::new);
+    let mut hasher = DigestAlgorithm::WRITTEN.hasher().filter(|_| plan.trailer);
     let mut offset = 0u64;
     let mut block = 0u64;
     loop {
@@ -273,7 +273,7 @@ fn read_blocks<R: Read>(
     Ok(InputStats {
         len: offset,
         blocks: block,
-        digest: hasher.map(|h| h.finalize().into()),
+        digest: hasher.map(|h| h.finalize()),
     })
 }
 
@@ -298,7 +298,8 @@ fn compress_blocks(
     };
     let bs = plan.block_size as usize;
     let digests = plan.trailer || reuse.is_some();
-    let zero_digest = block_digest(&[], plan.block_size);
+    let algorithm = BlockDigestAlgorithm::WRITTEN;
+    let zero_digest = algorithm.digest(&[], plan.block_size);
     let mut checker = reuse.map(|_| CopyCheck::new(plan.block_size));
     for job in jobs {
         let Job {
@@ -317,7 +318,7 @@ fn compress_blocks(
         let digest = match (digests, zero) {
             (false, _) => None,
             (true, true) => Some(zero_digest),
-            (true, false) => Some(block_digest(data, plan.block_size)),
+            (true, false) => Some(algorithm.digest(data, plan.block_size)),
         };
         let mut reused = Reused::No;
         let mut check = None;

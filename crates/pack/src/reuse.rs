@@ -28,7 +28,9 @@ use std::collections::HashMap;
 
 use mkmodule_blockdev::{is_zero, ErrorKind};
 use mkmodule_codec::CodecKind;
-use mkmodule_format::{stored_check, BlockDigest, BlockEncoding, BlockKind, Dialect};
+use mkmodule_format::{
+    stored_check, BlockDigest, BlockDigestAlgorithm, BlockEncoding, BlockKind, Dialect,
+};
 use mkmodule_image::{CopyCheck, DigestOrigin, Image, ImageError, Wanted};
 
 use crate::encode::BlockEncoder;
@@ -157,10 +159,11 @@ impl<'a> Reuse<'a> {
     /// or by decoding it on `threads` threads when it has no valid one).
     pub fn new(old: &'a Image, plan: &Plan, threads: usize) -> Result<Reuse<'a>, ReuseError> {
         check_options(old, plan)?;
-        let digests = old.block_digests(threads);
+        let digests = old.block_digests(threads, BlockDigestAlgorithm::WRITTEN);
         let (from_table, table_problem) = match digests.origin {
             DigestOrigin::Table => (true, None),
             DigestOrigin::Decoded { problem } => (false, problem),
+            DigestOrigin::OtherAlgorithm { .. } => (false, None),
         };
         let short_final = old.dialect().spec().short_final_block;
         let last = digests.digests.len().saturating_sub(1);

@@ -5,8 +5,8 @@
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
 use mkmodule_format::{
-    header_first_data_start, is_header_first, DigestAlgorithm, DigestTableRef, Header,
-    StoredChecksRef, Trailer, TrailerExtension, HEADER_LEN, PREAMBLE_LEN,
+    header_first_data_start, is_header_first, BlockDigestAlgorithm, DigestAlgorithm,
+    DigestTableRef, Header, StoredChecksRef, Trailer, TrailerExtension, HEADER_LEN, PREAMBLE_LEN,
 };
 
 use crate::block::Reused;
@@ -291,13 +291,20 @@ fn write_tail<W: Write + ?Sized>(
     let table_at = checks_at + checks.len() as u64;
     let trailer = Trailer {
         original_len: stats.len,
-        digest_algorithm: DigestAlgorithm::Sha256,
-        digest: stats.digest.map(|d| d.to_vec()).unwrap_or_default(),
+        digest_algorithm: match stats.digest {
+            Some(_) => DigestAlgorithm::WRITTEN,
+            None => DigestAlgorithm::None,
+        },
+        digest: stats.digest.clone().unwrap_or_default(),
         data_end,
         tool: plan.tool.clone(),
         extension: TrailerExtension {
             encoding: Some(plan.encoding),
-            digest_table: Some(DigestTableRef::for_table(table_at, table)),
+            digest_table: Some(DigestTableRef::for_table(
+                BlockDigestAlgorithm::WRITTEN,
+                table_at,
+                table,
+            )),
             stored_checks: Some(StoredChecksRef::for_table(checks_at, checks)),
         },
     };

@@ -56,8 +56,9 @@ pub struct PackSummary {
     pub rejected_blocks: u64,
     /// Blocks whose bytes were written, per codec (codecs with none are left out).
     pub blocks_per_codec: Vec<(CodecKind, u64)>,
-    /// SHA-256 of the input, recorded in the trailer (`None` without a trailer).
-    pub sha256: Option<[u8; 32]>,
+    /// The trailer's digest of the input (`None` without a trailer), of
+    /// [`mkmodule_format::DigestAlgorithm::WRITTEN`]: BLAKE3, as `b3sum` prints it.
+    pub input_digest: Option<Vec<u8>>,
     /// Whether the image carries mkmodule's trailer.
     pub trailer: bool,
     /// Wall time of the whole job.

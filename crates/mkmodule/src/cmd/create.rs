@@ -13,6 +13,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use mkmodule_format::DigestAlgorithm;
 use mkmodule_pack::verity::{HashTreeBuilder, VerityTree};
 use mkmodule_pack::{
     check_block_size, choose_dialect, pack_with_reuse, pack_with_verity, CodecChoice, FormatChoice,
@@ -634,7 +635,8 @@ fn report(
             "blocks_reuse_rejected": s.rejected_blocks,
             "blocks_per_codec": codecs,
             "trailer": s.trailer,
-            "sha256": s.sha256.map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "digest_algorithm": s.input_digest.as_ref().map(|_| DigestAlgorithm::WRITTEN.name()),
+            "digest": s.input_digest.as_deref().map(verity::hex),
             "seconds": secs,
             "input_mb_per_s": mb_s,
             "threads": job.options.threads,

@@ -18,9 +18,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use mkmodule_blockdev::is_zero;
-use mkmodule_format::DigestAlgorithm;
+use mkmodule_format::InputHasher;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
-use sha2::{Digest, Sha256};
 
 use super::{ExitStatus, EXIT_DAMAGED};
 use crate::output::{Destination, OutputFile, Replace};
@@ -64,9 +63,10 @@ pub struct Args {
     pub remote: crate::remote::RemoteArgs,
 }
 
-/// The SHA-256 of the content as it is written, compared at the end with the trailer's.
+/// The trailer's digest of the content as it is written, compared at the end with the
+/// trailer's.
 struct ContentCheck {
-    hasher: Sha256,
+    hasher: InputHasher,
     expected: Vec<u8>,
     /// Bytes of the original content not hashed yet (the padding of `--padded` is not hashed).
     remaining: u64,
@@ -74,16 +74,14 @@ struct ContentCheck {
 
 impl ContentCheck {
     /// A check against the trailer's digest, or `None` when there is none to check (no trailer,
-    /// a damaged one, another digest algorithm) or `--no-verify` asked for none.
+    /// a damaged one, no digest in it) or `--no-verify` asked for none.
     fn for_image(image: &Image, args: &Args) -> Option<ContentCheck> {
         if args.no_verify || image.original_size().is_none() {
             return None;
         }
-        let trailer = image
-            .trailer()
-            .filter(|t| t.digest_algorithm == DigestAlgorithm::Sha256)?;
+        let trailer = image.trailer()?;
         Some(ContentCheck {
-            hasher: Sha256::new(),
+            hasher: trailer.digest_algorithm.hasher()?,
             expected: trailer.digest.to_vec(),
             remaining: trailer.original_len,
         })
@@ -108,6 +106,7 @@ impl ContentCheck {
     /// Compares the digest with the trailer's: a mismatch is exit status 3, with both digests
     /// and `fate`, what became of what was written.
     fn finish(self, name: &str, fate: &str) -> Result<()> {
+        let algorithm = self.hasher.algorithm().name();
         let actual = self.hasher.finalize();
         if actual.as_slice() == self.expected.as_slice() {
             return Ok(());
@@ -115,8 +114,8 @@ impl ContentCheck {
         Err(ExitStatus {
             code: EXIT_DAMAGED,
             message: format!(
-                "the image is damaged: the trailer records SHA-256 {}, the extracted content \
-                 has {}; {name} {fate}",
+                "the image is damaged: the trailer records {algorithm} {}, the extracted \
+                 content has {}; {name} {fate}",
                 hex(&self.expected),
                 hex(&actual)
             ),

@@ -22,12 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mkmodule_format::{block_digest, BlockDigest, BlockKind, DigestAlgorithm};
+use mkmodule_format::{BlockDigest, BlockDigestAlgorithm, BlockKind};
 use mkmodule_image::{
     CopyCheck, Decoded, FileSource, Image, ImageSource, OpenOptions, ParallelOptions, Wanted,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::output::{Destination, OutputFile, Replace};
 use crate::units::human_bytes;
@@ -172,8 +171,14 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Where each digest's first usable block of the seed is: stored blocks, but not a uzip final
 /// block (compressed short, it does not decode to a whole block).
-fn seed_blocks(seed: &Image, threads: usize) -> HashMap<BlockDigest, u32> {
-    let digests = seed.block_digests(threads);
+/// Digests are of `algorithm`, SOURCE's table's hash: taken from the seed's table when it has
+/// the same hash, computed by decoding the seed otherwise.
+fn seed_blocks(
+    seed: &Image,
+    threads: usize,
+    algorithm: BlockDigestAlgorithm,
+) -> HashMap<BlockDigest, u32> {
+    let digests = seed.block_digests(threads, algorithm);
     let short_final = seed.dialect().spec().short_final_block;
     let last = digests.digests.len().saturating_sub(1);
     let mut by_digest = HashMap::new();
@@ -224,8 +229,8 @@ fn copy(
             args.source
         );
     }
-    let offered = match table {
-        Some(_) => seed_blocks(seed, threads),
+    let offered = match &table {
+        Some(table) => seed_blocks(seed, threads, table.algorithm),
         None => HashMap::new(),
     };
     let file_len = source.len().context("reading the length of SOURCE")?;
@@ -233,7 +238,7 @@ fn copy(
     let mut pending = Pending { from: 0, to: 0 };
     // SOURCE's checks of its own stored bytes: what a block taken from OLD must hash to. A
     // damaged table is not trusted: OLD's blocks are decoded instead.
-    let checks = match table {
+    let checks = match &table {
         Some(_) => image.stored_checks().ok().flatten(),
         None => None,
     };
@@ -244,15 +249,22 @@ fn copy(
         if entry.kind != BlockKind::Stored || entry.offset < pending.to {
             continue; // zero-length, a back-reference, or bytes already placed
         }
-        let wanted = table.as_ref().and_then(|t| t.get(block));
-        let from_seed = wanted.and_then(|digest| {
+        let wanted = table
+            .as_ref()
+            .and_then(|t| Some((t.algorithm, t.digests.get(block)?)));
+        let from_seed = wanted.and_then(|(algorithm, digest)| {
             let &at = offered.get(digest)?;
             let theirs = seed.compressed_block(at, &mut buf).ok()?;
             if theirs.codec != entry.codec || theirs.len != entry.len {
                 return None;
             }
             let stored = checks.as_ref().and_then(|c| c.get(block).copied());
-            let good = checker.accepts(theirs.codec, &buf, stored, Wanted::Digest(digest));
+            let good = checker.accepts(
+                theirs.codec,
+                &buf,
+                stored,
+                Wanted::Digest(algorithm, digest),
+            );
             if !good {
                 stats.rejected += 1;
                 eprintln!(
@@ -321,12 +333,13 @@ fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
         bail!("its index differs");
     }
     let table = image.digest_table().ok().flatten();
-    let trailer = image.trailer().filter(|t| {
-        t.digest_algorithm == DigestAlgorithm::Sha256 && image.trailer_problem().is_none()
-    });
+    let trailer = image
+        .trailer()
+        .filter(|_| image.trailer_problem().is_none())
+        .and_then(|t| Some((t, t.digest_algorithm.hasher()?)));
     let bs = u64::from(image.block_size());
     let zeros = vec![0u8; bs as usize];
-    let mut hasher = Sha256::new();
+    let (trailer, mut hasher) = trailer.unzip();
     let mut remaining = trailer.map_or(0, |t| t.original_len);
     let pass = ParallelOptions {
         threads,
@@ -337,19 +350,25 @@ fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
             Decoded::Zero => &zeros[..],
             Decoded::Data(data) => data,
         };
-        if let Some(expected) = table.as_ref().and_then(|t| t.get(block as usize)) {
-            if block_digest(data, image.block_size()) != *expected {
+        if let Some(table) = &table {
+            let expected = table.digests.get(block as usize);
+            if expected != Some(&table.algorithm.digest(data, image.block_size())) {
                 bail!("block {block} does not match SOURCE's block-digest table");
             }
         }
-        let take = remaining.min(bs) as usize;
-        hasher.update(&data[..take]);
-        remaining -= take as u64;
+        if let Some(hasher) = hasher.as_mut() {
+            let take = remaining.min(bs) as usize;
+            hasher.update(&data[..take]);
+            remaining -= take as u64;
+        }
         Ok(())
     })?;
-    if let Some(trailer) = trailer {
+    if let (Some(trailer), Some(hasher)) = (trailer, hasher) {
         if hasher.finalize()[..] != trailer.digest[..] {
-            bail!("its content does not match the SHA-256 SOURCE's trailer records");
+            bail!(
+                "its content does not match the {} SOURCE's trailer records",
+                trailer.digest_algorithm.name()
+            );
         }
     }
     Ok(())

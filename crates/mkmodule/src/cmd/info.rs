@@ -79,6 +79,9 @@ struct TrailerInfo {
 /// One of the trailer's tables (block digests, stored checks): where, how big, whether usable.
 #[derive(Debug, Serialize)]
 struct DigestTableInfo {
+    /// What each entry is: `blake3-128` or `sha256-128` for block digests, `crc32` for stored
+    /// checks.
+    algorithm: &'static str,
     offset: u64,
     entries: u32,
     /// Whether the table is in place and matches its checksum (only then is it used).
@@ -219,6 +222,7 @@ fn digest_table_info(image: &Image) -> Option<DigestTableInfo> {
         .err()
         .map(|e| mkmodule_blockdev::chain_text(&e));
     Some(DigestTableInfo {
+        algorithm: table.algorithm.name(),
         offset: table.offset,
         entries: table.entries,
         valid: problem.is_none(),
@@ -237,6 +241,7 @@ fn stored_checks_info(image: &Image) -> Option<DigestTableInfo> {
         .err()
         .map(|e| mkmodule_blockdev::chain_text(&e));
     Some(DigestTableInfo {
+        algorithm: "crc32",
         offset: checks.offset,
         entries: checks.entries,
         valid: problem.is_none(),
@@ -324,8 +329,8 @@ fn print_text(out: &mut impl Write, info: &Info) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "block digests:    {} at offset {}, {state}",
-            table.entries, table.offset
+            "block digests:    {} {} at offset {}, {state}",
+            table.entries, table.algorithm, table.offset
         )?;
     }
     if let Some(table) = &info.stored_checks {
@@ -335,8 +340,8 @@ fn print_text(out: &mut impl Write, info: &Info) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "stored checks:    {} at offset {}, {state}",
-            table.entries, table.offset
+            "stored checks:    {} {} at offset {}, {state}",
+            table.entries, table.algorithm, table.offset
         )?;
     }
     if let Some(rows) = &info.block_table {

@@ -14,10 +14,10 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use mkmodule_blockdev::{chain_text, ErrorKind};
-use mkmodule_format::{block_digest, stored_check, BlockDigest, DigestAlgorithm};
+use mkmodule_format::{stored_check, DigestAlgorithm};
+use mkmodule_image::DigestTable;
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 mod verity;
 
@@ -122,6 +122,8 @@ struct BadBlock {
 /// What became of the block-digest table.
 #[derive(Debug, Serialize)]
 struct TableReport {
+    /// What each entry is (`blake3-128`, `sha256-128` or `crc32`), when known.
+    algorithm: Option<&'static str>,
     /// Entries it should have (the block count).
     entries: u32,
     /// `ok` (every decoded block matched its entry), `mismatch` (some did not: they are bad
@@ -269,11 +271,11 @@ fn bad_block_text(bad: &BadBlock) -> String {
     }
 }
 
-/// The trailer when it records a SHA-256 that can be checked.
+/// The trailer when it records a digest of the input that can be checked.
 fn digest_trailer(image: &Image) -> Option<&mkmodule_format::Trailer> {
-    image.trailer().filter(|t| {
-        t.digest_algorithm == DigestAlgorithm::Sha256 && image.original_size().is_some()
-    })
+    image
+        .trailer()
+        .filter(|t| t.digest_algorithm != DigestAlgorithm::None && image.original_size().is_some())
 }
 
 /// Decodes every block (hashing the content in order when the trailer has a digest).
@@ -296,14 +298,15 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
         reason: chain_text(&error),
     };
     let table = read_table(image, report);
-    let table = table.as_deref();
-    let zero_digest = block_digest(&[], image.block_size());
+    let table = table.as_ref();
+    let zero_digest = table.map(|t| t.algorithm.digest(&[], image.block_size()));
     // A decoded block that does not match its table entry: decodes, but to other bytes.
     let mismatch = |block: u32, decoded: &Decoded<'_>| -> Option<BadBlock> {
-        let expected = table?.get(block as usize)?;
+        let table = table?;
+        let expected = table.digests.get(block as usize)?;
         let actual = match decoded {
-            Decoded::Zero => zero_digest,
-            Decoded::Data(data) => block_digest(data, image.block_size()),
+            Decoded::Zero => zero_digest?,
+            Decoded::Data(data) => table.algorithm.digest(data, image.block_size()),
         };
         (actual != *expected).then(|| BadBlock {
             index: block,
@@ -319,9 +322,8 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             ),
         })
     };
-    match digest_trailer(image) {
-        Some(trailer) => {
-            let mut hasher = Sha256::new();
+    match digest_trailer(image).and_then(|t| Some((t, t.digest_algorithm.hasher()?))) {
+        Some((trailer, mut hasher)) => {
             let mut remaining = trailer.original_len;
             let mut bad_blocks = Vec::new();
             let zeros = vec![0u8; bs as usize];
@@ -408,6 +410,7 @@ fn check_stored(image: &Image, report: &mut Report) {
         Err(error) => (Vec::new(), "unusable", Some(chain_text(&error))),
     };
     let mut table = TableReport {
+        algorithm: Some("crc32"),
         entries: image.num_blocks(),
         status,
         problem,
@@ -442,7 +445,7 @@ fn check_stored(image: &Image, report: &mut Report) {
 
 /// Reads and checks the block-digest table, recording in `report` that there is one and, when
 /// it cannot be used, why; returns it when usable.
-fn read_table(image: &Image, report: &mut Report) -> Option<Vec<BlockDigest>> {
+fn read_table(image: &Image, report: &mut Report) -> Option<DigestTable> {
     let entries = image.num_blocks();
     let (table, status, problem) = match image.digest_table() {
         Ok(None) => return None,
@@ -450,6 +453,10 @@ fn read_table(image: &Image, report: &mut Report) -> Option<Vec<BlockDigest>> {
         Err(error) => (None, "unusable", Some(chain_text(&error))),
     };
     report.digest_table = Some(TableReport {
+        algorithm: table
+            .as_ref()
+            .map(|t| t.algorithm.name())
+            .or_else(|| Some(image.trailer()?.extension.digest_table?.algorithm.name())),
         entries,
         status,
         problem,

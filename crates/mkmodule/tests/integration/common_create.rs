@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use mkmodule_format::{DigestAlgorithm, HeaderPosition, ParsedImage};
-use sha2::{Digest, Sha256};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -158,8 +157,8 @@ pub fn check_image(image: &[u8], input: &[u8], expect_trailer: bool) -> ParsedIm
     if expect_trailer {
         let trailer = parsed.trailer.clone().expect("a trailer");
         assert_eq!(trailer.original_len, input.len() as u64);
-        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Sha256);
-        assert_eq!(trailer.digest, Sha256::digest(input).to_vec());
+        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3);
+        assert_eq!(trailer.digest, blake3::hash(input).as_bytes().to_vec());
         assert_eq!(image.len() % 512, 0);
     } else {
         assert!(parsed.trailer.is_none(), "unexpected trailer");

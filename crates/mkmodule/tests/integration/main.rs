@@ -25,6 +25,7 @@ mod create_interop;
 mod create_roundtrip;
 mod deb;
 mod docs;
+mod earlier_images;
 mod extract;
 mod faults;
 mod hostile_images;

@@ -7,7 +7,9 @@
 
 use std::io::Cursor;
 
-use mkmodule_format::{parse_image, stored_check, BlockKind, Dialect, HeaderPosition, Trailer};
+use mkmodule_format::{
+    parse_image, stored_check, BlockDigestAlgorithm, BlockKind, Dialect, HeaderPosition, Trailer,
+};
 use mkmodule_image::{Image, OpenOptions};
 use mkmodule_pack::{
     pack_with_reuse, PackOptions, PackSummary, Plan, ProgressEvent, Reuse, ReuseCheck, ReuseError,
@@ -344,15 +346,28 @@ fn the_digest_table_matches_the_blocks_and_damage_is_reported() {
             .collect();
         assert_eq!(opened.stored_checks().unwrap().unwrap(), expected_checks);
         let stored = opened.digest_table().unwrap().unwrap();
-        let computed = opened.block_digests(1);
+        assert_eq!(stored.algorithm, BlockDigestAlgorithm::Blake3);
+        let computed = opened.block_digests(1, BlockDigestAlgorithm::Blake3);
         assert!(matches!(computed.origin, DigestOrigin::Table));
         let mut padded = data.clone();
         padded.resize(9 * BS, 0);
         let expected: Vec<_> = padded
             .chunks(BS)
-            .map(|b| mkmodule_format::block_digest(b, BS as u32))
+            .map(|b| BlockDigestAlgorithm::Blake3.digest(b, BS as u32))
             .collect();
-        assert_eq!(stored, expected);
+        assert_eq!(stored.digests, expected);
+        let sha256 = opened.block_digests(1, BlockDigestAlgorithm::Sha256);
+        assert!(matches!(
+            sha256.origin,
+            DigestOrigin::OtherAlgorithm {
+                table: BlockDigestAlgorithm::Blake3
+            }
+        ));
+        let sha256_expected: Vec<_> = padded
+            .chunks(BS)
+            .map(|b| Some(BlockDigestAlgorithm::Sha256.digest(b, BS as u32)))
+            .collect();
+        assert_eq!(sha256.digests, sha256_expected);
 
         image[table.offset as usize + 20] ^= 1;
         let damaged = open(image);
@@ -362,7 +377,7 @@ fn the_digest_table_matches_the_blocks_and_damage_is_reported() {
         );
         let err = damaged.digest_table().unwrap_err();
         assert!(err.to_string().contains("block-digest table"), "{err}");
-        let fallback = damaged.block_digests(1);
+        let fallback = damaged.block_digests(1, BlockDigestAlgorithm::Blake3);
         match fallback.origin {
             DigestOrigin::Decoded { problem: Some(_) } => {}
             other => panic!("{other:?}"),

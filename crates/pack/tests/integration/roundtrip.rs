@@ -6,7 +6,6 @@ use std::io::{self, Cursor, Read, Write};
 use mkmodule_codec::CodecKind;
 use mkmodule_format::{parse_image, BlockKind, Dialect, DigestAlgorithm, HeaderPosition};
 use mkmodule_pack::{pack, CodecChoice, PackError, PackOptions, PackSummary, ProgressEvent, Sink};
-use sha2::{Digest, Sha256};
 
 const BS: u32 = 4096;
 
@@ -112,10 +111,10 @@ fn check(image: &[u8], input: &[u8], options: &PackOptions, summary: &PackSummar
     if header_first && options.trailer {
         let trailer = parsed.trailer.expect("trailer present");
         assert_eq!(trailer.original_len, input.len() as u64);
-        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Sha256);
-        assert_eq!(trailer.digest, Sha256::digest(input).to_vec());
+        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3);
+        assert_eq!(trailer.digest, blake3::hash(input).as_bytes().to_vec());
         assert_eq!(image.len() % 512, 0, "trailer ends the file on 512");
-        assert_eq!(summary.sha256.map(|d| d.to_vec()), Some(trailer.digest));
+        assert_eq!(summary.input_digest, Some(trailer.digest));
     } else {
         assert!(parsed.trailer.is_none());
     }
