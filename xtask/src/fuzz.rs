@@ -390,7 +390,7 @@ pub fn seeds() -> Result<()> {
     for (k, algorithm) in [
         DigestAlgorithm::None,
         DigestAlgorithm::Sha256,
-        DigestAlgorithm::Blake3,
+        DigestAlgorithm::Blake3Blocks,
     ]
     .into_iter()
     .enumerate()

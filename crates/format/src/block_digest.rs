@@ -16,6 +16,28 @@ pub const BLOCK_DIGEST_LEN: usize = 16;
 /// The first 16 bytes of the hash of a block zero-padded to the block size.
 pub type BlockDigest = [u8; BLOCK_DIGEST_LEN];
 
+/// The whole BLAKE3 hash of a block zero-padded to the block size: its table digest is the
+/// first 16 bytes, and the trailer's digest of the input is made of these (docs/FORMAT.md
+/// §12.6).
+pub type BlockHash = [u8; 32];
+
+/// The BLAKE3 hash of `data` zero-padded to `block_size` bytes.
+pub fn blake3_block_hash(data: &[u8], block_size: u32) -> BlockHash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(data);
+    feed_zeros((block_size as usize).saturating_sub(data.len()), |zeros| {
+        hasher.update(zeros);
+    });
+    *hasher.finalize().as_bytes()
+}
+
+/// The table digest of a block whose BLAKE3 hash is `hash` (its first 16 bytes).
+pub fn blake3_table_digest(hash: &BlockHash) -> BlockDigest {
+    let mut digest = [0u8; BLOCK_DIGEST_LEN];
+    digest.copy_from_slice(&hash[..BLOCK_DIGEST_LEN]);
+    digest
+}
+
 /// Zeros fed to the hash for the padding of a short block, a piece at a time.
 const ZEROS: [u8; 4096] = [0; 4096];
 
@@ -60,25 +82,20 @@ impl BlockDigestAlgorithm {
     /// The digest of `data` zero-padded to `block_size` bytes (no padding when it is not
     /// shorter).
     pub fn digest(self, data: &[u8], block_size: u32) -> BlockDigest {
-        let missing = (block_size as usize).saturating_sub(data.len());
-        let mut digest = [0u8; BLOCK_DIGEST_LEN];
         match self {
             BlockDigestAlgorithm::Sha256 => {
                 let mut hasher = Sha256::new();
                 hasher.update(data);
+                let missing = (block_size as usize).saturating_sub(data.len());
                 feed_zeros(missing, |zeros| hasher.update(zeros));
+                let mut digest = [0u8; BLOCK_DIGEST_LEN];
                 digest.copy_from_slice(&hasher.finalize()[..BLOCK_DIGEST_LEN]);
+                digest
             }
             BlockDigestAlgorithm::Blake3 => {
-                let mut hasher = blake3::Hasher::new();
-                hasher.update(data);
-                feed_zeros(missing, |zeros| {
-                    hasher.update(zeros);
-                });
-                digest.copy_from_slice(&hasher.finalize().as_bytes()[..BLOCK_DIGEST_LEN]);
+                blake3_table_digest(&blake3_block_hash(data, block_size))
             }
         }
-        digest
     }
 }
 

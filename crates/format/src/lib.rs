@@ -11,6 +11,7 @@
 mod block_digest;
 mod codec_kind;
 mod content;
+mod content_digest;
 mod dialect;
 mod error;
 mod index;
@@ -21,10 +22,12 @@ mod trailer;
 mod writing;
 
 pub use block_digest::{
-    BlockDigest, BlockDigestAlgorithm, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN,
+    blake3_block_hash, blake3_table_digest, BlockDigest, BlockDigestAlgorithm, BlockEncoding,
+    BlockHash, DigestTableRef, BLOCK_DIGEST_LEN,
 };
 pub use codec_kind::{or_list, CodecKind, UnknownCodec};
 pub use content::{identify, Content, IDENTIFY_LEN};
+pub use content_digest::{blake3_blocks_digest, BlockHashChain, ContentHasher};
 pub use dialect::{
     Dialect, DialectSpec, Family, HeaderPosition, Reader, UnknownDialect, WriteRules, Writing,
     DEBIAN_PREAMBLE, PREAMBLE_LEN, SIGNATURE_OFFSET,
@@ -40,9 +43,7 @@ pub use layout::{
 };
 pub use profile::{Profile, PORTABLE};
 pub use stored_check::{stored_check, StoredChecksRef, STORED_CHECK_LEN};
-pub use trailer::{
-    DigestAlgorithm, InputHasher, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC,
-};
+pub use trailer::{DigestAlgorithm, Trailer, TrailerExtension, TRAILER_LEN, TRAILER_MAGIC};
 
 /// A whole image, parsed from memory: its layout, validated index and trailer (if any).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | 0 | 16 | magic `MKMODULE-TRAILER` |
 //! | 16 | 2 | layout version (1) |
-//! | 18 | 1 | digest algorithm (0 none, 1 SHA-256, 2 BLAKE3) |
+//! | 18 | 1 | digest algorithm (0 none, 1 SHA-256, 2 blake3-blocks) |
 //! | 19 | 1 | digest length |
 //! | 20 | 64 | digest of the original input, zero padded; with a digest of at most 32 bytes, bytes 52..84 hold the extension below |
 //! | 84 | 8 | original input length |
@@ -35,8 +35,6 @@
 //! | 74 | 2 | zero |
 //! | 76 | 4 | CRC32 of the stored-check table (which ends where the block-digest table starts) |
 //! | 80 | 4 | zero |
-
-use sha2::{Digest, Sha256};
 
 use crate::block_digest::{BlockDigestAlgorithm, BlockEncoding, DigestTableRef, BLOCK_DIGEST_LEN};
 use crate::stored_check::{StoredChecksRef, CHECK_CRC32, STORED_CHECK_LEN};
@@ -124,19 +122,20 @@ pub enum DigestAlgorithm {
     None,
     /// SHA-256 of the original input bytes (written by earlier releases).
     Sha256,
-    /// BLAKE3 (32 bytes) of the original input bytes, as `b3sum` prints it (written now).
-    Blake3,
+    /// `blake3-blocks` (32 bytes): BLAKE3 of the BLAKE3 hashes of the input's blocks, its
+    /// length and the block size (docs/FORMAT.md §12.6; written now).
+    Blake3Blocks,
 }
 
 impl DigestAlgorithm {
     /// The algorithm this release writes.
-    pub const WRITTEN: DigestAlgorithm = DigestAlgorithm::Blake3;
+    pub const WRITTEN: DigestAlgorithm = DigestAlgorithm::Blake3Blocks;
 
     fn code(self) -> u8 {
         match self {
             DigestAlgorithm::None => 0,
             DigestAlgorithm::Sha256 => 1,
-            DigestAlgorithm::Blake3 => 2,
+            DigestAlgorithm::Blake3Blocks => 2,
         }
     }
 
@@ -144,7 +143,7 @@ impl DigestAlgorithm {
         match code {
             0 => Some(DigestAlgorithm::None),
             1 => Some(DigestAlgorithm::Sha256),
-            2 => Some(DigestAlgorithm::Blake3),
+            2 => Some(DigestAlgorithm::Blake3Blocks),
             _ => None,
         }
     }
@@ -153,7 +152,7 @@ impl DigestAlgorithm {
     pub const fn len(self) -> usize {
         match self {
             DigestAlgorithm::None => 0,
-            DigestAlgorithm::Sha256 | DigestAlgorithm::Blake3 => 32,
+            DigestAlgorithm::Sha256 | DigestAlgorithm::Blake3Blocks => 32,
         }
     }
 
@@ -167,53 +166,7 @@ impl DigestAlgorithm {
         match self {
             DigestAlgorithm::None => "none",
             DigestAlgorithm::Sha256 => "sha256",
-            DigestAlgorithm::Blake3 => "blake3",
-        }
-    }
-
-    /// A hasher computing this digest of bytes fed in order; `None` for [`DigestAlgorithm::None`].
-    pub fn hasher(self) -> Option<InputHasher> {
-        match self {
-            DigestAlgorithm::None => None,
-            DigestAlgorithm::Sha256 => Some(InputHasher::Sha256(Sha256::new())),
-            DigestAlgorithm::Blake3 => Some(InputHasher::Blake3(Box::new(blake3::Hasher::new()))),
-        }
-    }
-}
-
-/// The trailer's digest of an input, computed over its bytes in order.
-#[derive(Debug, Clone)]
-pub enum InputHasher {
-    /// SHA-256.
-    Sha256(Sha256),
-    /// BLAKE3 (boxed: its state is about 2 KB).
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl InputHasher {
-    /// Feeds the next bytes of the input.
-    pub fn update(&mut self, bytes: &[u8]) {
-        match self {
-            InputHasher::Sha256(hasher) => hasher.update(bytes),
-            InputHasher::Blake3(hasher) => {
-                hasher.update(bytes);
-            }
-        }
-    }
-
-    /// The algorithm it computes.
-    pub fn algorithm(&self) -> DigestAlgorithm {
-        match self {
-            InputHasher::Sha256(_) => DigestAlgorithm::Sha256,
-            InputHasher::Blake3(_) => DigestAlgorithm::Blake3,
-        }
-    }
-
-    /// The digest of everything fed, [`DigestAlgorithm::len`] bytes.
-    pub fn finalize(self) -> Vec<u8> {
-        match self {
-            InputHasher::Sha256(hasher) => hasher.finalize().to_vec(),
-            InputHasher::Blake3(hasher) => hasher.finalize().as_bytes().to_vec(),
+            DigestAlgorithm::Blake3Blocks => "blake3-blocks",
         }
     }
 }
@@ -327,7 +280,7 @@ mod tests {
     fn sample() -> Trailer {
         Trailer {
             original_len: 100_000,
-            digest_algorithm: DigestAlgorithm::Blake3,
+            digest_algorithm: DigestAlgorithm::Blake3Blocks,
             digest: (0..32).collect(),
             data_end: 6513,
             tool: "mkmodule 0.1.0".into(),
@@ -438,26 +391,6 @@ mod tests {
         assert_eq!(Trailer::find(&bytes, 8192).unwrap(), Some(earlier));
         let blake3 = extended().encode();
         assert_eq!((blake3[18], blake3[19], blake3[52]), (2, 32, 2));
-    }
-
-    #[test]
-    fn the_input_hashers_compute_their_algorithms() {
-        let input: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3] {
-            let mut hasher = algorithm.hasher().unwrap();
-            assert_eq!(hasher.algorithm(), algorithm);
-            for piece in input.chunks(4096) {
-                hasher.update(piece);
-            }
-            let digest = hasher.finalize();
-            assert_eq!(digest.len(), algorithm.len());
-            let whole = match algorithm {
-                DigestAlgorithm::Sha256 => Sha256::digest(&input).to_vec(),
-                _ => blake3::hash(&input).as_bytes().to_vec(),
-            };
-            assert_eq!(digest, whole, "{}", algorithm.name());
-        }
-        assert!(DigestAlgorithm::None.hasher().is_none());
     }
 
     #[test]

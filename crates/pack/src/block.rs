@@ -1,7 +1,7 @@
 //! What travels between the conveyor's stages: a block's buffers, what a compressor made of
 //! it, its dedup key, and the compressed all-zero block computed once per image.
 
-use mkmodule_format::{stored_check, BlockDigest};
+use mkmodule_format::{stored_check, BlockHash};
 
 use crate::encode::{BlockEncoder, Encoding};
 use crate::error::PackError;
@@ -38,8 +38,9 @@ pub(crate) struct Done {
     pub encoded: Encoded,
     /// Dedup key of the compressed bytes (dedup dialects only).
     pub key: Option<DedupKey>,
-    /// Digest of the uncompressed block (with a digest table or reuse).
-    pub digest: Option<BlockDigest>,
+    /// BLAKE3 hash of the uncompressed block zero-padded to the block size (with a trailer or
+    /// reuse): its first 16 bytes are its block digest.
+    pub digest: Option<BlockHash>,
     /// The stored check (CRC32) of the compressed bytes (0 for an all-zero block: the writer
     /// knows its bytes).
     pub stored_check: u32,

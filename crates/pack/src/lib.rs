@@ -40,6 +40,7 @@ mod summary;
 pub mod verity;
 mod writer;
 
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::time::Instant;
 
@@ -55,6 +56,7 @@ pub use reuse::{Reuse, ReuseCheck, ReuseError};
 pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
 pub use summary::{PackSummary, ProgressEvent};
 
+use pipeline::Input;
 use verity::{check_verity_block_size, HashTreeBuilder};
 use writer::ImageBuilder;
 
@@ -82,7 +84,7 @@ pub fn pack_with_plan<R: Read + Send>(
     plan: &Plan,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
-    pack_image(input, sink, plan, None, None, progress)
+    pack_image(Input::Stream(input), sink, plan, None, None, progress)
 }
 
 /// Packs like [`pack_with_plan`], copying from `reuse` the compressed bytes of every whole
@@ -95,7 +97,7 @@ pub fn pack_with_reuse<R: Read + Send>(
     reuse: Option<&Reuse<'_>>,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
-    pack_image(input, sink, plan, None, reuse, progress)
+    pack_image(Input::Stream(input), sink, plan, None, reuse, progress)
 }
 
 /// Packs like [`pack_with_plan`] and feeds every uncompressed byte the image exposes (the
@@ -110,20 +112,62 @@ pub fn pack_with_verity<R: Read + Send, S: Read + Write + Seek>(
     reuse: Option<&Reuse<'_>>,
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PackSummary, PackError> {
+    let plan = verity_plan(plan, tree)?;
+    pack_image(
+        Input::Stream(input),
+        sink,
+        &plan,
+        Some(tree),
+        reuse,
+        progress,
+    )
+}
+
+/// Packs like [`pack_with_reuse`], or [`pack_with_verity`] when given a `tree`, reading the
+/// plan's `input_len` bytes from offset `start` of `file` (a regular file or block device):
+/// the compressor threads read their blocks at their offsets, with no reader thread. Reading is
+/// then spread over the compressors and a block changes threads once instead of twice, which
+/// matters when most blocks are copied (`reuse`) rather than compressed.
+pub fn pack_file<S: Read + Write + Seek>(
+    file: &File,
+    start: u64,
+    sink: Sink<'_>,
+    plan: &Plan,
+    tree: Option<&mut HashTreeBuilder<S>>,
+    reuse: Option<&Reuse<'_>>,
+    progress: &dyn Fn(ProgressEvent),
+) -> Result<PackSummary, PackError> {
+    let len = plan.input_len.ok_or(PackError::Internal(
+        "reading a file at its offsets needs the input length in the plan",
+    ))?;
+    let input: Input<'_, std::io::Empty> = Input::File { file, start, len };
+    match tree {
+        Some(tree) => {
+            let plan = verity_plan(plan, tree)?;
+            pack_image(input, sink, &plan, Some(tree), reuse, progress)
+        }
+        None => pack_image(input, sink, plan, None, reuse, progress),
+    }
+}
+
+/// The plan with the tree's salt, for the compressors to hash the dm-verity leaves.
+fn verity_plan<S: Read + Write + Seek>(
+    plan: &Plan,
+    tree: &HashTreeBuilder<S>,
+) -> Result<Plan, PackError> {
     if check_verity_block_size(plan.block_size).is_err() {
         return Err(PackError::Internal(
             "a dm-verity tree needs a block size that is a multiple of 4096",
         ));
     }
-    let plan = Plan {
+    Ok(Plan {
         verity_salt: Some(tree.params().salt().to_vec()),
         ..plan.clone()
-    };
-    pack_image(input, sink, &plan, Some(tree), reuse, progress)
+    })
 }
 
 fn pack_image<R: Read + Send>(
-    input: R,
+    input: Input<'_, R>,
     sink: Sink<'_>,
     plan: &Plan,
     verity: Option<&mut dyn verity::DigestSink>,

@@ -7,21 +7,28 @@
 //!    +--------------------------- slot pool (K slots) <------------------------+
 //! ```
 //!
+//! A file whose length is known (a regular file, a block device) needs no reader thread: each
+//! compressor takes a slot, claims the next block number and reads that block itself at its
+//! offset, so reading is spread over the compressors and a block changes threads once, not twice.
+//!
 //! A *slot* is one block's input buffer plus its output buffer. There are exactly K =
-//! threads x [`crate::SLOTS_PER_THREAD`] slots; the reader takes one before reading a block and
-//! the writer returns it after writing that block. So at most K blocks are in flight, the blocks
+//! threads x [`crate::SLOTS_PER_THREAD`] slots; the reader (or a compressor) takes one before
+//! reading a block, claiming block numbers in order, and the writer returns it after writing that
+//! block. So at most K blocks are in flight, the blocks
 //! in flight are always `next .. next + K`, and the reorder window is a ring of K places. Memory
 //! is K x (block size + largest compressed block) plus the codec contexts, whatever the input
 //! size. Nothing depends on which thread compresses which block, so the output does not depend on
 //! the thread count.
 
+use std::fs::File;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use mkmodule_blockdev::is_zero;
-use mkmodule_format::{stored_check, BlockDigestAlgorithm, DigestAlgorithm};
+use mkmodule_format::{blake3_block_hash, blake3_table_digest, stored_check, BlockHashChain};
 use mkmodule_image::CopyCheck;
 
 use crate::block::{dedup_key, Done, Encoded, Reused, Slot};
@@ -44,6 +51,21 @@ struct Job {
     slot: Slot,
 }
 
+/// Where the blocks come from.
+pub(crate) enum Input<'f, R> {
+    /// A stream, cut into blocks by a reader thread.
+    Stream(R),
+    /// `len` bytes of a file from offset `start`, read by the compressors at their offsets.
+    File {
+        /// The file.
+        file: &'f File,
+        /// Offset of the input's first byte in the file.
+        start: u64,
+        /// Bytes of input.
+        len: u64,
+    },
+}
+
 /// What the reader saw of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InputStats {
@@ -51,15 +73,14 @@ pub(crate) struct InputStats {
     pub len: u64,
     /// Blocks produced.
     pub blocks: u64,
-    /// The trailer's digest of the input ([`DigestAlgorithm::WRITTEN`], when a trailer is
-    /// written).
+    /// The trailer's digest of the input (`blake3-blocks`, when a trailer is written).
     pub digest: Option<Vec<u8>>,
 }
 
 /// Runs the conveyor over `input`, calling `on_block` for every block in input order; blocks
 /// found in `reuse` are copied from there instead of compressed.
 pub(crate) fn run<R, F>(
-    input: R,
+    input: Input<'_, R>,
     plan: &Plan,
     reuse: Option<&Reuse<'_>>,
     on_block: F,
@@ -68,6 +89,18 @@ where
     R: Read + Send,
     F: FnMut(&Done) -> Result<(), PackError>,
 {
+    // The trailer's digest of the input, from the block hashes the compressors made.
+    let mut chain = plan.trailer.then(BlockHashChain::new);
+    let mut on_block = on_block;
+    let on_block = |done: &Done| {
+        if let (Some(chain), Some(hash)) = (chain.as_mut(), &done.digest) {
+            // The all-zero block of an empty input holds no input byte.
+            if done.real_len > 0 {
+                chain.push(hash);
+            }
+        }
+        on_block(done)
+    };
     let slots = plan.slots();
     let bs = plan.block_size as usize;
     let (pool_tx, pool_rx) = bounded::<Slot>(slots);
@@ -85,17 +118,36 @@ where
     let (done_tx, done_rx) = unbounded::<Result<Done, PackError>>();
     let cancel = AtomicBool::new(false);
     let cancel = &cancel;
-    thread::scope(|s| {
-        let reader = thread::Builder::new()
-            .name("mkmodule-read".into())
-            .spawn_scoped(s, move || read_blocks(input, plan, pool_rx, job_tx, cancel))
-            .map_err(|_| PackError::Internal("cannot start the reader thread"));
+    let claims = match &input {
+        Input::File { file, start, len } => {
+            Some(Claims::new(file, *start, *len, plan, pool_rx.clone())?)
+        }
+        Input::Stream(_) => None,
+    };
+    let claims = claims.as_ref();
+    let stats = thread::scope(|s| {
+        let reader = match input {
+            Input::Stream(input) => Some(
+                thread::Builder::new()
+                    .name("mkmodule-read".into())
+                    .spawn_scoped(s, move || read_blocks(input, plan, pool_rx, job_tx, cancel))
+                    .map_err(|_| PackError::Internal("cannot start the reader thread")),
+            ),
+            Input::File { .. } => {
+                drop((pool_rx, job_tx));
+                None
+            }
+        };
         let mut workers = Vec::with_capacity(plan.threads);
         for i in 0..plan.threads {
-            let (jobs, done) = (job_rx.clone(), done_tx.clone());
+            let feed = match claims {
+                Some(claims) => Feed::Claims { claims, cancel },
+                None => Feed::Jobs(job_rx.clone()),
+            };
+            let done = done_tx.clone();
             let worker = thread::Builder::new()
                 .name(format!("mkmodule-zip{i}"))
-                .spawn_scoped(s, move || compress_blocks(plan, reuse, jobs, done));
+                .spawn_scoped(s, move || compress_blocks(plan, reuse, feed, done));
             workers.push(worker);
         }
         drop((job_rx, done_tx));
@@ -103,11 +155,13 @@ where
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
-        let read = match reader {
-            Ok(handle) => handle
+        let read = match (reader, claims) {
+            (Some(Ok(handle)), _) => handle
                 .join()
                 .unwrap_or(Err(PackError::Internal("the reader thread panicked"))),
-            Err(e) => Err(e),
+            (Some(Err(e)), _) => Err(e),
+            (None, Some(claims)) => Ok(claims.stats()),
+            (None, None) => Err(PackError::Internal("no reader for the input")),
         };
         let mut workers_ok = true;
         for worker in workers {
@@ -122,6 +176,13 @@ where
             return Err(PackError::Internal("a compressor thread stopped early"));
         }
         Ok(stats)
+    })?;
+    if let Some(claims) = claims {
+        claims.check_no_more()?;
+    }
+    Ok(InputStats {
+        digest: chain.map(|c| c.finish(stats.len, plan.block_size).to_vec()),
+        ..stats
     })
 }
 
@@ -188,7 +249,6 @@ fn read_blocks<R: Read>(
     cancel: &AtomicBool,
 ) -> Result<InputStats, PackError> {
     let bs = plan.block_size as usize;
-    let mut hasher = DigestAlgorithm::WRITTEN.hasher().filter(|_| plan.trailer);
     let mut offset = 0u64;
     let mut block = 0u64;
     loop {
@@ -245,9 +305,6 @@ fn read_blocks<R: Read>(
                 reason: plan.limit_reason,
             });
         }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&slot.input[..got]);
-        }
         let data_len = if got == 0 || (last && plan.pad_final) {
             slot.input[got..].fill(0);
             bs
@@ -273,15 +330,159 @@ fn read_blocks<R: Read>(
     Ok(InputStats {
         len: offset,
         blocks: block,
-        digest: hasher.map(|h| h.finalize()),
+        digest: None,
     })
+}
+
+/// Blocks of a file of known length that the compressors read themselves: each takes a slot,
+/// then the next block number, then reads the block at its offset.
+struct Claims<'f> {
+    file: &'f File,
+    start: u64,
+    len: u64,
+    blocks: u64,
+    block_size: u64,
+    pad_final: bool,
+    next: AtomicU64,
+    pool: Receiver<Slot>,
+}
+
+impl<'f> Claims<'f> {
+    /// Claims over `len` bytes of `file` from `start`, taking slots from `pool`; refuses an
+    /// input of more blocks than the plan's dialect can index.
+    fn new(
+        file: &'f File,
+        start: u64,
+        len: u64,
+        plan: &Plan,
+        pool: Receiver<Slot>,
+    ) -> Result<Claims<'f>, PackError> {
+        let block_size = u64::from(plan.block_size);
+        // An empty input still gets one (all-zero) block: Linux cannot attach 0 blocks.
+        let blocks = len.div_ceil(block_size).max(1);
+        if blocks > plan.max_blocks {
+            return Err(PackError::TooManyBlocks {
+                max_blocks: plan.max_blocks,
+                block_size: plan.block_size,
+                dialect: plan.dialect,
+                reason: plan.limit_reason,
+            });
+        }
+        Ok(Claims {
+            file,
+            start,
+            len,
+            blocks,
+            block_size,
+            pad_final: plan.pad_final,
+            next: AtomicU64::new(0),
+            pool,
+        })
+    }
+
+    /// Takes a slot, claims the next block and reads it; `None` when every block is claimed or
+    /// the writer has stopped.
+    fn next_job(&self) -> Option<Result<Job, PackError>> {
+        let mut slot = self.pool.recv().ok()?;
+        let block = self.next.fetch_add(1, Ordering::Relaxed);
+        if block >= self.blocks {
+            return None;
+        }
+        let offset = block * self.block_size;
+        let want = (self.len - offset).min(self.block_size) as usize;
+        let mut got = 0;
+        while got < want {
+            let at = self.start + offset + got as u64;
+            match self.file.read_at(&mut slot.input[got..want], at) {
+                Ok(0) => {
+                    return Some(Err(PackError::InputShorter {
+                        expected: self.len,
+                        actual: offset + got as u64,
+                    }))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Some(Err(PackError::Read {
+                        offset: offset + got as u64,
+                        source,
+                    }))
+                }
+            }
+        }
+        let last = block + 1 == self.blocks;
+        let data_len = if got == 0 || (last && self.pad_final) {
+            slot.input[got..].fill(0);
+            self.block_size as usize
+        } else {
+            got
+        };
+        Some(Ok(Job {
+            block,
+            offset,
+            real_len: got,
+            data_len,
+            slot,
+        }))
+    }
+
+    /// What was read: the whole announced length.
+    fn stats(&self) -> InputStats {
+        InputStats {
+            len: self.len,
+            blocks: self.blocks,
+            digest: None,
+        }
+    }
+
+    /// Checks that the file did not grow past the announced length while it was read.
+    fn check_no_more(&self) -> Result<(), PackError> {
+        let mut probe = [0u8; 1];
+        loop {
+            return match self.file.read_at(&mut probe, self.start + self.len) {
+                Ok(0) => Ok(()),
+                Ok(_) => Err(PackError::InputLonger { expected: self.len }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => Err(PackError::Read {
+                    offset: self.len,
+                    source,
+                }),
+            };
+        }
+    }
+}
+
+/// Where a compressor gets its blocks.
+enum Feed<'c, 'f> {
+    /// From the reader thread.
+    Jobs(Receiver<Job>),
+    /// By claiming and reading them itself.
+    Claims {
+        claims: &'c Claims<'f>,
+        cancel: &'c AtomicBool,
+    },
+}
+
+impl Feed<'_, '_> {
+    /// The next block to compress; `None` when there is none left or the conveyor stopped.
+    fn next_job(&self) -> Option<Result<Job, PackError>> {
+        match self {
+            Feed::Jobs(jobs) => jobs.recv().ok().map(Ok),
+            Feed::Claims { claims, cancel } => {
+                if cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
+                claims.next_job()
+            }
+        }
+    }
 }
 
 /// A compressor thread: one encoder, reused for every block it takes.
 fn compress_blocks(
     plan: &Plan,
     reuse: Option<&Reuse<'_>>,
-    jobs: Receiver<Job>,
+    feed: Feed<'_, '_>,
     done: Sender<Result<Done, PackError>>,
 ) {
     let mut encoder = match BlockEncoder::new(plan) {
@@ -298,10 +499,16 @@ fn compress_blocks(
     };
     let bs = plan.block_size as usize;
     let digests = plan.trailer || reuse.is_some();
-    let algorithm = BlockDigestAlgorithm::WRITTEN;
-    let zero_digest = algorithm.digest(&[], plan.block_size);
+    let zero_digest = blake3_block_hash(&[], plan.block_size);
     let mut checker = reuse.map(|_| CopyCheck::new(plan.block_size));
-    for job in jobs {
+    while let Some(job) = feed.next_job() {
+        let job = match job {
+            Ok(job) => job,
+            Err(error) => {
+                let _ = done.send(Err(error));
+                return;
+            }
+        };
         let Job {
             block,
             offset,
@@ -318,7 +525,7 @@ fn compress_blocks(
         let digest = match (digests, zero) {
             (false, _) => None,
             (true, true) => Some(zero_digest),
-            (true, false) => Some(algorithm.digest(data, plan.block_size)),
+            (true, false) => Some(blake3_block_hash(data, plan.block_size)),
         };
         let mut reused = Reused::No;
         let mut check = None;
@@ -327,9 +534,12 @@ fn compress_blocks(
         } else {
             // Only whole blocks are copied: a short final block compresses to other bytes.
             let fetched = match (reuse, &digest, checker.as_mut()) {
-                (Some(reuse), Some(digest), Some(checker)) if data_len == bs => {
-                    reuse.fetch(digest, data, &mut slot.output, checker)
-                }
+                (Some(reuse), Some(digest), Some(checker)) if data_len == bs => reuse.fetch(
+                    &blake3_table_digest(digest),
+                    data,
+                    &mut slot.output,
+                    checker,
+                ),
                 _ => Fetch::Miss,
             };
             match fetched {

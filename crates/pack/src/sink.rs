@@ -12,7 +12,7 @@ use mkmodule_format::{
 use crate::block::Reused;
 use crate::error::{ImagePart, PackError};
 use crate::options::Plan;
-use crate::pipeline::{self, InputStats};
+use crate::pipeline::{self, Input, InputStats};
 use crate::reuse::Reuse;
 use crate::summary::ProgressEvent;
 use crate::writer::ImageBuilder;
@@ -128,7 +128,7 @@ impl Sink<'_> {
 /// Writes the whole image into `sink`; returns what the reader saw, `index[n]` and the image
 /// length.
 pub(crate) fn write_image<R: Read + Send>(
-    input: R,
+    input: Input<'_, R>,
     sink: Sink<'_>,
     plan: &Plan,
     builder: &mut ImageBuilder<'_>,
@@ -214,7 +214,7 @@ impl Conveyor<'_> {
     /// Runs the conveyor, writing each block through the builder.
     fn blocks<R: Read + Send>(
         &self,
-        input: R,
+        input: Input<'_, R>,
         builder: &mut ImageBuilder<'_>,
         body: &mut dyn Write,
         base: Option<u64>,
@@ -318,7 +318,7 @@ fn write_tail<W: Write + ?Sized>(
 
 /// A footer image, front to back: lead-in, blocks, index, header.
 fn write_footer<R: Read + Send, W: Write + ?Sized>(
-    input: R,
+    input: Input<'_, R>,
     run: &Conveyor<'_>,
     builder: &mut ImageBuilder<'_>,
     out: &mut W,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use mkmodule_codec::CodecKind;
-use mkmodule_format::{encode_entry, stored_check, IndexEntry, OFFSET_MASK};
+use mkmodule_format::{blake3_table_digest, encode_entry, stored_check, IndexEntry, OFFSET_MASK};
 
 use crate::block::{DedupKey, Done, Encoded, Reused, ZeroBlock};
 use crate::encode::Encoding;
@@ -126,7 +126,8 @@ impl<'p> ImageBuilder<'p> {
             let digest = done.digest.ok_or(PackError::Internal(
                 "a block reached the writer without its digest",
             ))?;
-            self.digest_table.extend_from_slice(&digest);
+            self.digest_table
+                .extend_from_slice(&blake3_table_digest(&digest));
             let check = match done.encoded {
                 Encoded::Zero if self.plan.zero_length => stored_check(&[]),
                 Encoded::Zero => self.zero.check,

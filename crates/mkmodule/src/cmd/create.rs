@@ -16,9 +16,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use mkmodule_format::DigestAlgorithm;
 use mkmodule_pack::verity::{HashTreeBuilder, VerityTree};
 use mkmodule_pack::{
-    check_block_size, choose_dialect, pack_with_reuse, pack_with_verity, CodecChoice, FormatChoice,
-    OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Reuse, Sink, SinkKind,
-    DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
+    check_block_size, choose_dialect, pack_file, pack_with_reuse, pack_with_verity, CodecChoice,
+    FormatChoice, OutputKind, PackError, PackOptions, PackSummary, Plan, ProgressEvent, Reuse,
+    Sink, SinkKind, DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 
 pub(crate) mod reuse;
@@ -547,6 +547,17 @@ fn write_path(job: &Job, input: File, path: &Path, reuse: Option<&Reuse<'_>>) ->
     report(job, &summary, &name, verity)
 }
 
+/// Where the input starts in its file when the compressors can read it at its offsets: a
+/// regular file or block device whose length is known (not a pipe or a terminal).
+fn positioned(input: &File, plan: &Plan) -> Option<u64> {
+    plan.input_len?;
+    let kind = input.metadata().ok()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return None;
+    }
+    (&*input).stream_position().ok()
+}
+
 /// Runs the packer, reporting to `bar`. Errors reading the input name it; errors writing the
 /// image name `out_name`.
 fn run_pack(
@@ -582,9 +593,10 @@ fn run_pack(
             bar.suspend(|| reuse::warn_rejected(block, old_block, job.reuse.as_deref()));
         }
     };
-    let result = match tree {
-        Some(tree) => pack_with_verity(input, sink, &job.plan, tree, reuse, &progress),
-        None => pack_with_reuse(input, sink, &job.plan, reuse, &progress),
+    let result = match (positioned(&input, &job.plan), tree) {
+        (Some(start), tree) => pack_file(&input, start, sink, &job.plan, tree, reuse, &progress),
+        (None, Some(tree)) => pack_with_verity(input, sink, &job.plan, tree, reuse, &progress),
+        (None, None) => pack_with_reuse(input, sink, &job.plan, reuse, &progress),
     };
     result.map_err(|error| match error {
         PackError::Read { .. } => {

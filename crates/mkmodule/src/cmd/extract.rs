@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use mkmodule_blockdev::is_zero;
-use mkmodule_format::InputHasher;
+use mkmodule_format::ContentHasher;
 use mkmodule_image::{Decoded, ExposedSize, Image, OpenOptions, ParallelOptions};
 
 use super::{ExitStatus, EXIT_DAMAGED};
@@ -66,10 +66,8 @@ pub struct Args {
 /// The trailer's digest of the content as it is written, compared at the end with the
 /// trailer's.
 struct ContentCheck {
-    hasher: InputHasher,
+    hasher: ContentHasher,
     expected: Vec<u8>,
-    /// Bytes of the original content not hashed yet (the padding of `--padded` is not hashed).
-    remaining: u64,
 }
 
 impl ContentCheck {
@@ -81,26 +79,24 @@ impl ContentCheck {
         }
         let trailer = image.trailer()?;
         Some(ContentCheck {
-            hasher: trailer.digest_algorithm.hasher()?,
+            hasher: ContentHasher::new(
+                trailer.digest_algorithm,
+                trailer.original_len,
+                image.block_size(),
+            )?,
             expected: trailer.digest.to_vec(),
-            remaining: trailer.original_len,
         })
     }
 
-    /// Hashes the next `data` written (only as far as the original length reaches).
+    /// Hashes the next `data` written (only as far as the original length reaches: the padding
+    /// of `--padded` is not hashed).
     fn update(&mut self, data: &[u8]) {
-        let take = self.remaining.min(data.len() as u64) as usize;
-        self.hasher.update(&data[..take]);
-        self.remaining -= take as u64;
+        self.hasher.update(data);
     }
 
-    /// Hashes the next `len` zero bytes written (a zero block, or a hole), from `zeros`.
-    fn update_zeros(&mut self, zeros: &[u8], mut len: usize) {
-        while len > 0 {
-            let take = len.min(zeros.len());
-            self.update(&zeros[..take]);
-            len -= take;
-        }
+    /// Hashes the next `len` zero bytes written (a zero block, or a hole).
+    fn update_zeros(&mut self, len: usize) {
+        self.hasher.update_zeros(len as u64);
     }
 
     /// Compares the digest with the trailer's: a mismatch is exit status 3, with both digests
@@ -271,7 +267,7 @@ fn write_at_offsets(
             if let Some(check) = check {
                 match data {
                     Some(data) => check.update(data),
-                    None => check.update_zeros(&zeros, len),
+                    None => check.update_zeros(len),
                 }
             }
             if let Some(data) = data {

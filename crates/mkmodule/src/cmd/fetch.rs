@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mkmodule_format::{BlockDigest, BlockDigestAlgorithm, BlockKind};
+use mkmodule_format::{BlockDigest, BlockDigestAlgorithm, BlockKind, ContentHasher};
 use mkmodule_image::{
     CopyCheck, Decoded, FileSource, Image, ImageSource, OpenOptions, ParallelOptions, Wanted,
 };
@@ -336,11 +336,14 @@ fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
     let trailer = image
         .trailer()
         .filter(|_| image.trailer_problem().is_none())
-        .and_then(|t| Some((t, t.digest_algorithm.hasher()?)));
+        .and_then(|t| {
+            let hasher =
+                ContentHasher::new(t.digest_algorithm, t.original_len, image.block_size())?;
+            Some((t, hasher))
+        });
     let bs = u64::from(image.block_size());
     let zeros = vec![0u8; bs as usize];
     let (trailer, mut hasher) = trailer.unzip();
-    let mut remaining = trailer.map_or(0, |t| t.original_len);
     let pass = ParallelOptions {
         threads,
         skip_zero: true,
@@ -357,9 +360,7 @@ fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
             }
         }
         if let Some(hasher) = hasher.as_mut() {
-            let take = remaining.min(bs) as usize;
-            hasher.update(&data[..take]);
-            remaining -= take as u64;
+            hasher.update(data);
         }
         Ok(())
     })?;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use mkmodule_blockdev::{chain_text, ErrorKind};
-use mkmodule_format::{stored_check, DigestAlgorithm};
+use mkmodule_format::{stored_check, ContentHasher, DigestAlgorithm};
 use mkmodule_image::DigestTable;
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
@@ -322,26 +322,20 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             ),
         })
     };
-    match digest_trailer(image).and_then(|t| Some((t, t.digest_algorithm.hasher()?))) {
+    let content = digest_trailer(image).and_then(|t| {
+        let hasher = ContentHasher::new(t.digest_algorithm, t.original_len, image.block_size())?;
+        Some((t, hasher))
+    });
+    match content {
         Some((trailer, mut hasher)) => {
-            let mut remaining = trailer.original_len;
             let mut bad_blocks = Vec::new();
-            let zeros = vec![0u8; bs as usize];
             let _ = image.par_blocks_ordered(pass, |block, decoded| {
                 if let Some(entry) = decoded.as_ref().ok().and_then(|d| mismatch(block, d)) {
                     bad_blocks.push(entry);
                 }
                 match decoded {
-                    Ok(Decoded::Data(data)) => {
-                        let take = remaining.min(bs) as usize;
-                        hasher.update(&data[..take]);
-                        remaining -= take as u64;
-                    }
-                    Ok(Decoded::Zero) => {
-                        let take = remaining.min(bs) as usize;
-                        hasher.update(&zeros[..take]);
-                        remaining -= take as u64;
-                    }
+                    Ok(Decoded::Data(data)) => hasher.update(data),
+                    Ok(Decoded::Zero) => hasher.update_zeros(bs),
                     Err(error) => bad_blocks.push(bad(error, block)),
                 }
                 bar.inc(bs);

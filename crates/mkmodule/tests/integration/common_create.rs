@@ -157,8 +157,11 @@ pub fn check_image(image: &[u8], input: &[u8], expect_trailer: bool) -> ParsedIm
     if expect_trailer {
         let trailer = parsed.trailer.clone().expect("a trailer");
         assert_eq!(trailer.original_len, input.len() as u64);
-        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3);
-        assert_eq!(trailer.digest, blake3::hash(input).as_bytes().to_vec());
+        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3Blocks);
+        assert_eq!(
+            trailer.digest,
+            mkmodule_format::blake3_blocks_digest(input, bs as u32).to_vec()
+        );
         assert_eq!(image.len() % 512, 0);
     } else {
         assert!(parsed.trailer.is_none(), "unexpected trailer");

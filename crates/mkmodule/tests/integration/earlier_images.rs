@@ -2,8 +2,8 @@
 //! where this release writes BLAKE3 (testdata/mkmodule-sha256, written by that release): `info`
 //! names the algorithms, `verify` and `extract` check them, `create --reuse` and `fetch --seed`
 //! take blocks from such an image (by decoding it: its digests are of another hash) and give the
-//! same bytes as without it. And the trailer's BLAKE3 is what Debian's `b3sum` prints for the
-//! extracted image.
+//! same bytes as without it. And the BLAKE3 digests written now are the documented ones, as
+//! Debian's `b3sum` computes them.
 
 use std::path::{Path, PathBuf};
 
@@ -139,7 +139,7 @@ fn reuse_and_seed_from_an_earlier_release_give_the_same_bytes() {
     assert_eq!(report["zero_blocks"], 2, "{report}");
     assert_eq!(report["blocks_reused"], 44, "{report}");
     assert_eq!(report["blocks_compressed"], 3, "{report}");
-    assert_eq!(report["digest_algorithm"], "blake3", "{report}");
+    assert_eq!(report["digest_algorithm"], "blake3-blocks", "{report}");
 
     let fetched = json(&ok(
         dir.path(),
@@ -162,31 +162,79 @@ fn reuse_and_seed_from_an_earlier_release_give_the_same_bytes() {
     assert_eq!(fetched["seed_blocks_rejected"], 0, "{fetched}");
 }
 
-/// The trailer's digest is BLAKE3 of the input, which Debian's b3sum computes the same way.
+/// The trailer's `blake3-blocks` digest and the block-digest table are what docs/FORMAT.md
+/// §12.4 and §12.6 define, computed here with Debian's b3sum: BLAKE3 of each 4 KiB block (the
+/// last one zero-padded), the table holding their first 16 bytes, and the digest being BLAKE3
+/// of those hashes followed by the length and the block size.
 #[test]
-fn the_trailer_digest_is_b3sum_of_the_extracted_image() {
+fn the_digests_are_the_documented_blake3_as_b3sum_computes_it() {
     let dir = tempdir();
-    put(dir.path(), "in.raw", &mixed(37 * BS + 1234));
+    let len = 37 * BS + 1234;
+    let input = mixed(len);
+    put(dir.path(), "in.raw", &input);
     let report = json(&ok(
         dir.path(),
         &["in.raw", "-o", "in.img", "-B", "4K", "--json", "-q"],
         None,
     ));
-    assert_eq!(report["digest_algorithm"], "blake3", "{report}");
-    let b3sum = sum("b3sum", dir.path(), "in.raw");
-    assert_eq!(report["digest"].as_str().unwrap(), b3sum, "{report}");
+    assert_eq!(report["digest_algorithm"], "blake3-blocks", "{report}");
+    let mut names = Vec::new();
+    for (i, block) in input.chunks(BS).enumerate() {
+        let mut padded = block.to_vec();
+        padded.resize(BS, 0);
+        let name = format!("block{i:03}");
+        put(dir.path(), &name, &padded);
+        names.push(name);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let out = tool("b3sum", &names, dir.path());
+    assert!(out.status.success(), "b3sum failed");
+    let hashes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(hashes.len(), 38);
+    let mut chain = Vec::new();
+    for hash in &hashes {
+        chain.extend((0..32).map(|i| u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).unwrap()));
+    }
+    chain.extend_from_slice(&(len as u64).to_be_bytes());
+    chain.extend_from_slice(&(BS as u32).to_be_bytes());
+    put(dir.path(), "chain", &chain);
+    let expected = sum("b3sum", dir.path(), "chain");
+    assert_eq!(report["digest"].as_str().unwrap(), expected, "{report}");
+
+    let image = std::fs::read(dir.path().join("in.img")).unwrap();
+    let trailer = Trailer::find(&image[image.len() - TRAILER_LEN..], image.len() as u64)
+        .unwrap()
+        .unwrap();
+    let table = trailer.extension.digest_table.unwrap();
+    let at = table.offset as usize;
+    for (i, hash) in hashes.iter().enumerate() {
+        let entry: String = image[at + 16 * i..at + 16 * (i + 1)]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(entry, hash[..32], "table entry {i}");
+    }
     let info = json(&ok(dir.path(), &["info", "--json", "in.img"], None));
-    assert_eq!(info["trailer"]["digest_algorithm"], "blake3", "{info}");
-    assert_eq!(info["trailer"]["digest"].as_str().unwrap(), b3sum);
+    assert_eq!(
+        info["trailer"]["digest_algorithm"], "blake3-blocks",
+        "{info}"
+    );
+    assert_eq!(info["trailer"]["digest"].as_str().unwrap(), expected);
     assert_eq!(info["digest_table"]["algorithm"], "blake3-128", "{info}");
+    let verified = json(&ok(dir.path(), &["verify", "--json", "in.img"], None));
+    assert_eq!(
+        verified["digest"]["algorithm"], "blake3-blocks",
+        "{verified}"
+    );
+    assert_eq!(verified["digest"]["status"], "ok", "{verified}");
+    assert_eq!(verified["digest"]["actual"].as_str().unwrap(), expected);
     ok(
         dir.path(),
         &["extract", "in.img", "-o", "out.raw", "-q"],
         None,
     );
-    assert_eq!(sum("b3sum", dir.path(), "out.raw"), b3sum);
-    let verified = json(&ok(dir.path(), &["verify", "--json", "in.img"], None));
-    assert_eq!(verified["digest"]["algorithm"], "blake3", "{verified}");
-    assert_eq!(verified["digest"]["status"], "ok", "{verified}");
-    assert_eq!(verified["digest"]["actual"].as_str().unwrap(), b3sum);
+    assert!(std::fs::read(dir.path().join("out.raw")).unwrap() == input);
 }

@@ -7,5 +7,6 @@
 //! Tests here run as threads of one process: anything process-wide (environment variables, the
 //! current directory, signal handlers, fixed ports) must be serialised explicitly.
 
+mod positioned;
 mod reuse;
 mod roundtrip;

@@ -111,8 +111,11 @@ fn check(image: &[u8], input: &[u8], options: &PackOptions, summary: &PackSummar
     if header_first && options.trailer {
         let trailer = parsed.trailer.expect("trailer present");
         assert_eq!(trailer.original_len, input.len() as u64);
-        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3);
-        assert_eq!(trailer.digest, blake3::hash(input).as_bytes().to_vec());
+        assert_eq!(trailer.digest_algorithm, DigestAlgorithm::Blake3Blocks);
+        assert_eq!(
+            trailer.digest,
+            mkmodule_format::blake3_blocks_digest(input, bs as u32).to_vec()
+        );
         assert_eq!(image.len() % 512, 0, "trailer ends the file on 512");
         assert_eq!(summary.input_digest, Some(trailer.digest));
     } else {
