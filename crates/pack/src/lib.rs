@@ -18,7 +18,8 @@
 //!   [`PackOptions::zero_blocks`] (uzip), they become zero-length blocks.
 //! * A block that does not shrink is stored as level-0 zlib where the dialect has zlib (V4's
 //!   flag 1 is unreadable by cloop.ko); xz and zstd dialects keep the codec's output.
-//! * Header-first images end with the trailer (docs/FORMAT.md §12: exact input length and SHA-256),
+//! * Header-first images end with the trailer (docs/FORMAT.md §12: exact input length and its
+//!   `blake3-blocks` digest),
 //!   zero-padded before it so the file is a multiple of 512 bytes. Without the trailer, Linux
 //!   dialects end exactly at `index[n]` (as `create_compressed_fs` writes them) and uzip images
 //!   are zero-padded to 512 (as `mkuzip` writes them). Footer images end with their header.
