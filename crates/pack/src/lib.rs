@@ -52,7 +52,10 @@ pub use choice::{
     DEFAULT_ZSTD_LEVEL, WRITTEN_DIALECTS,
 };
 pub use error::{ImagePart, NearestBlockSizes, OptionsError, PackError};
-pub use options::{check_block_size, PackOptions, Plan, SLOTS_PER_THREAD};
+pub use options::{
+    check_block_size, PackOptions, Plan, MAX_SLOTS_PER_THREAD, MIN_SLOTS_PER_THREAD,
+    WINDOW_BYTES_PER_THREAD,
+};
 pub use reuse::{Reuse, ReuseCheck, ReuseError};
 pub use sink::{OutputKind, SeekWrite, Sink, SinkKind, Spool};
 pub use summary::{PackSummary, ProgressEvent};
