@@ -64,7 +64,7 @@ pub(crate) enum Reused {
     },
 }
 
-/// A block's 16-byte dedup key: the start of the SHA-256 of its compressed bytes.
+/// A block's 16-byte dedup key: the start of the BLAKE3 of its compressed bytes.
 pub(crate) type DedupKey = [u8; 16];
 
 /// The compressed bytes of an all-zero block, computed once per image.

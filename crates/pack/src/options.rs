@@ -36,7 +36,7 @@ pub struct PackOptions {
     /// Write all-zero blocks as zero-length blocks (uzip dialects only; FreeBSD reads them as
     /// zeros). Without it all-zero blocks still skip compression: their bytes are computed once.
     pub zero_blocks: bool,
-    /// Append mkmodule's trailer (docs/FORMAT.md §12: input length and SHA-256) after the data of a
+    /// Append mkmodule's trailer (docs/FORMAT.md §12: input length and digest) after the data of a
     /// header-first image. Footer images never carry it (their header must end the file).
     pub trailer: bool,
     /// The exact input length when known in advance (file size or `--size`). Required for a

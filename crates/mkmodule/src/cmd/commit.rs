@@ -89,7 +89,7 @@ pub(crate) struct NewImageArgs {
     #[arg(short = 'j', long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Leave out mkmodule's trailer (input length and SHA-256).
+    /// Leave out mkmodule's trailer (input length and digest).
     #[arg(long)]
     pub no_trailer: bool,
 }

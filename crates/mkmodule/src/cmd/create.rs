@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(long, value_name = "SIZE")]
     pub size: Option<String>,
 
-    /// Leave out mkmodule's trailer (input length and SHA-256 after the data). Linux formats
+    /// Leave out mkmodule's trailer (input length and digest after the data). Linux formats
     /// then end exactly at the last block, as create_compressed_fs writes them.
     #[arg(long)]
     pub no_trailer: bool,

@@ -6,7 +6,7 @@
 //! succeeded: an error or a signal never leaves a partial OUT behind. Standard output, pipes and
 //! devices get the blocks in order.
 //!
-//! When the image's trailer records the SHA-256 of the original content (docs/FORMAT.md §12),
+//! When the image's trailer records a digest of the original content (docs/FORMAT.md §12.6),
 //! what is written is hashed on the way out, in order, zero blocks and holes included, and a
 //! mismatch fails with exit status 3 like `verify`: a new OUT is then removed, and a device or
 //! standard output is told that what it received is wrong. `--no-verify` skips the check.
@@ -55,7 +55,7 @@ pub struct Args {
     pub quiet: bool,
     #[command(flatten)]
     pub progress: ProgressArg,
-    /// Do not check what is written against the SHA-256 the trailer records.
+    /// Do not check what is written against the digest the trailer records.
     #[arg(long)]
     pub no_verify: bool,
 

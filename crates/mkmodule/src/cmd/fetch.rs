@@ -8,7 +8,7 @@
 //! (docs/FORMAT.md §12.4), or, when SOURCE has no stored-check table, they decode to the
 //! digest; everything else (headers, index, table, trailer, the other
 //! blocks) is read from SOURCE in as few ranges as possible. NEW is decoded at the end and each
-//! block checked against SOURCE's table and the content against the trailer's SHA-256; only
+//! block checked against SOURCE's table and the content against the trailer's digest; only
 //! then is it renamed into place, so a failed fetch leaves no NEW behind.
 //!
 //! SOURCE is opened by [`open_source`] as a `Box<dyn ImageSource>`: a local path, or an
@@ -321,7 +321,7 @@ fn flush_pending(
 }
 
 /// Decodes the copy in `file` and checks it against SOURCE: the same header and index, every
-/// block against SOURCE's digest table, the content against the trailer's SHA-256.
+/// block against SOURCE's digest table, the content against the trailer's digest.
 fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
     let options = OpenOptions {
         cache_bytes: 0,

@@ -75,7 +75,7 @@ fn check_work(image: &Image, hashed: Option<u64>, max: u64) -> Result<()> {
     }
     let what = match hashed {
         Some(len) if len >= work => format!(
-            "hashing {} ({len} bytes) for the trailer's SHA-256",
+            "hashing {} ({len} bytes) for the trailer's digest",
             human_bytes(len)
         ),
         _ => format!("decoding {} ({work} bytes)", human_bytes(work)),
