@@ -12,10 +12,10 @@
 //! offset, so reading is spread over the compressors and a block changes threads once, not twice.
 //!
 //! A *slot* is one block's input buffer plus its output buffer. There are exactly K =
-//! [`Plan::slots`] slots (2 MiB of blocks per thread, 4 to 32 blocks); the reader (or a compressor) takes one before
-//! reading a block, claiming block numbers in order, and the writer returns it after writing that
-//! block. So at most K blocks are in flight, the blocks
-//! in flight are always `next .. next + K`, and the reorder window is a ring of K places. Memory
+//! [`Plan::slots`] slots (2 MiB of blocks per thread, 4 to 32 blocks); the reader (or a
+//! compressor) takes one before reading a block, claiming block numbers in order, and the writer
+//! returns it after writing that block. So at most K blocks are in flight, the blocks in flight
+//! are always `next .. next + K`, and the reorder window is a ring of K places. Memory
 //! is K x (block size + largest compressed block) plus the codec contexts, whatever the input
 //! size. Nothing depends on which thread compresses which block, so the output does not depend on
 //! the thread count.
