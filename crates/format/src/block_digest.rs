@@ -79,6 +79,20 @@ impl BlockDigestAlgorithm {
         }
     }
 
+    /// The digest of `data`, taken from `blake3`, its BLAKE3 block hash when one was already
+    /// computed, if this is the BLAKE3 algorithm; computed otherwise.
+    pub fn digest_reusing(
+        self,
+        data: &[u8],
+        block_size: u32,
+        blake3: Option<&BlockHash>,
+    ) -> BlockDigest {
+        match (self, blake3) {
+            (BlockDigestAlgorithm::Blake3, Some(hash)) => blake3_table_digest(hash),
+            _ => self.digest(data, block_size),
+        }
+    }
+
     /// The digest of `data` zero-padded to `block_size` bytes (no padding when it is not
     /// shorter).
     pub fn digest(self, data: &[u8], block_size: u32) -> BlockDigest {

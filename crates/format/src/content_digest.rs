@@ -122,6 +122,37 @@ impl ContentHasher {
         }
     }
 
+    /// Feeds the next whole block of the content, `block_size` bytes as the device exposes it,
+    /// and returns its BLAKE3 block hash ([`blake3_block_hash`]) when the hasher computed one
+    /// (`blake3-blocks`, at a block boundary), so a BLAKE3 block-digest table can be checked
+    /// without hashing the block again.
+    pub fn update_block(&mut self, block: &[u8]) -> Option<BlockHash> {
+        let remaining = self.original_len - self.fed;
+        let Kind::Blake3Blocks {
+            block_size,
+            in_block: 0,
+            chain,
+            ..
+        } = &mut self.kind
+        else {
+            self.update(block);
+            return None;
+        };
+        if block.len() != *block_size as usize {
+            self.update(block);
+            return None;
+        }
+        let hash = blake3_block_hash(block, *block_size);
+        if remaining >= u64::from(*block_size) {
+            chain.push(&hash);
+            self.fed += u64::from(*block_size);
+        } else {
+            // The last piece: only its bytes within the length count, zero-padded.
+            self.update(block);
+        }
+        Some(hash)
+    }
+
     /// Feeds `len` zero bytes (a zero block, or a hole).
     pub fn update_zeros(&mut self, mut len: u64) {
         const ZEROS: [u8; 4096] = [0; 4096];
@@ -218,6 +249,31 @@ mod tests {
             assert_eq!(hasher.finalize(), expected, "{}", algorithm.name());
         }
         assert!(ContentHasher::new(DigestAlgorithm::None, 1, 512).is_none());
+    }
+
+    #[test]
+    fn whole_blocks_give_their_hash_and_the_same_digest() {
+        let input = content(3 * 4096 + 100);
+        let mut padded = input.clone();
+        padded.resize(4 * 4096, 0x55);
+        let mut hasher =
+            ContentHasher::new(DigestAlgorithm::Blake3Blocks, input.len() as u64, 4096).unwrap();
+        for block in padded.chunks(4096) {
+            assert_eq!(
+                hasher.update_block(block),
+                Some(blake3_block_hash(block, 4096))
+            );
+        }
+        assert_eq!(
+            hasher.finalize(),
+            blake3_blocks_digest(&input, 4096).to_vec()
+        );
+        let mut sha =
+            ContentHasher::new(DigestAlgorithm::Sha256, input.len() as u64, 4096).unwrap();
+        for block in padded.chunks(4096) {
+            assert_eq!(sha.update_block(block), None);
+        }
+        assert_eq!(sha.finalize(), Sha256::digest(&input).to_vec());
     }
 
     proptest! {

@@ -353,14 +353,15 @@ fn check_copy(file: File, image: &Image, threads: usize) -> Result<()> {
             Decoded::Zero => &zeros[..],
             Decoded::Data(data) => data,
         };
+        let hash = hasher.as_mut().and_then(|h| h.update_block(data));
         if let Some(table) = &table {
             let expected = table.digests.get(block as usize);
-            if expected != Some(&table.algorithm.digest(data, image.block_size())) {
+            let actual = table
+                .algorithm
+                .digest_reusing(data, image.block_size(), hash.as_ref());
+            if expected != Some(&actual) {
                 bail!("block {block} does not match SOURCE's block-digest table");
             }
-        }
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(data);
         }
         Ok(())
     })?;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use mkmodule_blockdev::{chain_text, ErrorKind};
-use mkmodule_format::{stored_check, ContentHasher, DigestAlgorithm};
+use mkmodule_format::{stored_check, BlockHash, ContentHasher, DigestAlgorithm};
 use mkmodule_image::DigestTable;
 use mkmodule_image::{Decoded, Image, ImageError, OpenOptions, ParallelOptions};
 use serde::Serialize;
@@ -301,12 +301,15 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
     let table = table.as_ref();
     let zero_digest = table.map(|t| t.algorithm.digest(&[], image.block_size()));
     // A decoded block that does not match its table entry: decodes, but to other bytes.
-    let mismatch = |block: u32, decoded: &Decoded<'_>| -> Option<BadBlock> {
+    // `hash`: the block's BLAKE3 hash when the trailer's digest already computed it.
+    let mismatch = |block: u32, decoded: &Decoded<'_>, hash: Option<&BlockHash>| {
         let table = table?;
         let expected = table.digests.get(block as usize)?;
         let actual = match decoded {
             Decoded::Zero => zero_digest?,
-            Decoded::Data(data) => table.algorithm.digest(data, image.block_size()),
+            Decoded::Data(data) => table
+                .algorithm
+                .digest_reusing(data, image.block_size(), hash),
         };
         (actual != *expected).then(|| BadBlock {
             index: block,
@@ -330,12 +333,16 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
         Some((trailer, mut hasher)) => {
             let mut bad_blocks = Vec::new();
             let _ = image.par_blocks_ordered(pass, |block, decoded| {
-                if let Some(entry) = decoded.as_ref().ok().and_then(|d| mismatch(block, d)) {
-                    bad_blocks.push(entry);
-                }
+                let hash = match &decoded {
+                    Ok(Decoded::Data(data)) => hasher.update_block(data),
+                    Ok(Decoded::Zero) => {
+                        hasher.update_zeros(bs);
+                        None
+                    }
+                    Err(_) => None,
+                };
                 match decoded {
-                    Ok(Decoded::Data(data)) => hasher.update(data),
-                    Ok(Decoded::Zero) => hasher.update_zeros(bs),
+                    Ok(decoded) => bad_blocks.extend(mismatch(block, &decoded, hash.as_ref())),
                     Err(error) => bad_blocks.push(bad(error, block)),
                 }
                 bar.inc(bs);
@@ -365,7 +372,7 @@ fn check(image: &Image, args: &Args, report: &mut Report) {
             let bad_blocks = Mutex::new(Vec::new());
             let _ = image.par_blocks(pass, |block, decoded| {
                 let entry = match decoded {
-                    Ok(decoded) => mismatch(block, &decoded),
+                    Ok(decoded) => mismatch(block, &decoded, None),
                     Err(error) => Some(bad(error, block)),
                 };
                 if let Some(entry) = entry {
