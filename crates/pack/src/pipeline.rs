@@ -305,12 +305,7 @@ fn read_blocks<R: Read>(
                 reason: plan.limit_reason,
             });
         }
-        let data_len = if got == 0 || (last && plan.pad_final) {
-            slot.input[got..].fill(0);
-            bs
-        } else {
-            got
-        };
+        let data_len = bytes_to_compress(&mut slot, got, last && plan.pad_final);
         let job = Job {
             block,
             offset,
@@ -332,6 +327,17 @@ fn read_blocks<R: Read>(
         blocks: block,
         digest: None,
     })
+}
+
+/// Bytes of a block to compress, `got` of them read into the slot: a whole zero-padded block
+/// when it is empty (the one block of an empty input) or is a final block to pad, else `got`.
+fn bytes_to_compress(slot: &mut Slot, got: usize, pad: bool) -> usize {
+    if got == 0 || pad {
+        slot.input[got..].fill(0);
+        slot.input.len()
+    } else {
+        got
+    }
 }
 
 /// Blocks of a file of known length that the compressors read themselves: each takes a slot,
@@ -411,12 +417,7 @@ impl<'f> Claims<'f> {
             }
         }
         let last = block + 1 == self.blocks;
-        let data_len = if got == 0 || (last && self.pad_final) {
-            slot.input[got..].fill(0);
-            self.block_size as usize
-        } else {
-            got
-        };
+        let data_len = bytes_to_compress(&mut slot, got, last && self.pad_final);
         Some(Ok(Job {
             block,
             offset,
